@@ -1,0 +1,23 @@
+"""Flax NNX layers: thin modules holding parameters and calling pure functions.
+
+Import any of them into another Flax NNX project; each takes an explicit ``policy=`` (DtypePolicy).
+"""
+
+from jaxstack.layers.attention import Attention, attention_mask, dot_product_attention
+from jaxstack.layers.embedding import Embedding
+from jaxstack.layers.mlp import SwiGLU
+from jaxstack.layers.norms import RMSNorm, rms_norm
+from jaxstack.layers.rotary import RopeScaling, apply_rope, rope_angles
+
+__all__ = [
+    "Attention",
+    "Embedding",
+    "RMSNorm",
+    "RopeScaling",
+    "SwiGLU",
+    "apply_rope",
+    "attention_mask",
+    "dot_product_attention",
+    "rms_norm",
+    "rope_angles",
+]

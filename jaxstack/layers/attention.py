@@ -1,0 +1,207 @@
+"""Grouped-query attention with RoPE, segment ids, sliding windows and a KV cache.
+
+Causality is by *slot index* (position of the token in the row / in the cache), not by RoPE
+position, so packed sequences with positions that restart per document and left-aligned caches are
+both handled. RoPE positions only rotate q and k.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxstack.layers.rotary import apply_rope
+from jaxstack.precision import DtypePolicy, get_policy
+
+Implementation = Literal["xla", "cudnn"] | None
+
+
+def param(rngs: nnx.Rngs, shape, names, *, std: float, dtype) -> nnx.Param:
+    """A normally initialised parameter carrying logical axis names (see train/sharding.py)."""
+    value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+    return nnx.Param(value.astype(dtype), out_sharding=names, eager_sharding=False)
+
+
+def zeros_param(shape, names, *, dtype) -> nnx.Param:
+    return nnx.Param(jnp.zeros(shape, dtype), out_sharding=names, eager_sharding=False)
+
+
+def attention_mask(
+    query_length: int,
+    key_length: int,
+    *,
+    query_offset: jax.Array | None = None,
+    key_valid_length: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    sliding_window: int | None = None,
+) -> jax.Array:
+    """Boolean mask [B or 1, 1, T, S]: True where query t may attend to key slot s.
+
+    query_offset: [B] slot index of the first query (cache length before this call), default 0.
+    key_valid_length: [B] number of filled key slots (after this call's writes).
+    segment_ids: [B, T] (no cache) -- queries attend only within their own segment.
+    sliding_window: keys with ``query_slot - key_slot >= sliding_window`` are masked (HF semantics).
+    """
+    q_slot = jnp.arange(query_length)[None, :, None]
+    if query_offset is not None:
+        q_slot = q_slot + query_offset[:, None, None]
+    k_slot = jnp.arange(key_length)[None, None, :]
+    mask = k_slot <= q_slot
+    if key_valid_length is not None:
+        mask = mask & (k_slot < key_valid_length[:, None, None])
+    if sliding_window is not None:
+        mask = mask & (q_slot - k_slot < sliding_window)
+    if segment_ids is not None:
+        mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    return mask[:, None, :, :]
+
+
+def _write_rows(cache: jax.Array, update: jax.Array, start: jax.Array) -> jax.Array:
+    """Writes update [B, T, ...] into cache [B, S, ...] at per-row slot offsets start [B]."""
+
+    def write(row_cache, row_update, row_start):
+        index = (row_start,) + (0,) * (row_cache.ndim - 1)
+        return jax.lax.dynamic_update_slice(row_cache, row_update.astype(row_cache.dtype), index)
+
+    return jax.vmap(write)(cache, update, start)
+
+
+def dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: jax.Array | None,
+    is_causal: bool,
+    sliding_window: int | None,
+    implementation: Implementation,
+    policy: DtypePolicy,
+) -> jax.Array:
+    """q: [B, T, H, hd]; k, v: [B, S, KV, hd] with H % KV == 0. Returns [B, T, H, hd].
+
+    Dispatches to ``jax.nn.dot_product_attention`` (XLA or cuDNN). The XLA path computes logits and
+    softmax in float32 for half-precision inputs (``preferred_element_type``) so policy.accum holds.
+    """
+    local_window = None
+    if is_causal and sliding_window is not None:
+        local_window = (sliding_window - 1, 0)
+    return jax.nn.dot_product_attention(
+        q,
+        k,
+        v,
+        mask=mask,
+        is_causal=is_causal,
+        local_window_size=local_window,
+        implementation=implementation,
+    )
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with grouped KV heads (GQA), RoPE, optional q/k/v bias.
+
+    Weights: q_proj [D, H, hd], k_proj/v_proj [D, KV, hd], o_proj [H, hd, D].
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        *,
+        qkv_bias: bool = False,
+        sliding_window: int | None = None,
+        implementation: Implementation = None,
+        init_std: float = 0.02,
+        policy: DtypePolicy | str | None = None,
+        rngs: nnx.Rngs,
+    ):
+        if num_heads % num_kv_heads:
+            raise ValueError(
+                f"num_kv_heads: must divide num_heads ({num_heads}), got {num_kv_heads}"
+            )
+        if implementation not in (None, "xla", "cudnn"):
+            raise ValueError(
+                f"attention implementation: expected None, 'xla' or 'cudnn', got {implementation!r}"
+            )
+        self.policy = get_policy(policy)
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.sliding_window = sliding_window
+        self.implementation = implementation
+        dtype = self.policy.param_dtype
+        d = hidden_size
+        self.q_proj = param(rngs, (d, num_heads, head_dim), ("embed", "heads", "head_dim"), std=init_std, dtype=dtype)
+        self.k_proj = param(rngs, (d, num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), std=init_std, dtype=dtype)
+        self.v_proj = param(rngs, (d, num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), std=init_std, dtype=dtype)
+        self.o_proj = param(rngs, (num_heads, head_dim, d), ("heads", "head_dim", "embed"), std=init_std, dtype=dtype)
+        if qkv_bias:
+            self.q_bias = zeros_param((num_heads, head_dim), ("heads", "head_dim"), dtype=dtype)
+            self.k_bias = zeros_param((num_kv_heads, head_dim), ("kv_heads", "head_dim"), dtype=dtype)
+            self.v_bias = zeros_param((num_kv_heads, head_dim), ("kv_heads", "head_dim"), dtype=dtype)
+        else:
+            self.q_bias = self.k_bias = self.v_bias = None
+
+    def _project(self, x, weight, bias):
+        compute = self.policy.compute_dtype
+        y = jnp.einsum("btd,dnh->btnh", x, weight[...].astype(compute))
+        if bias is not None:
+            y = y + bias[...].astype(compute)
+        return y
+
+    def __call__(
+        self,
+        x: jax.Array,
+        rope: tuple[jax.Array, jax.Array],
+        *,
+        segment_ids: jax.Array | None = None,
+        cache: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """x: [B, T, D] (compute dtype); rope: (cos, sin) [B, T, hd] float32.
+
+        cache: ``(k [B, S, KV, hd], v [B, S, KV, hd], lengths [B])`` with ``lengths`` the number of slots
+        filled *before* this call; the T new keys are written at slots ``lengths .. lengths + T``.
+        Returns (y [B, T, D], (k, v) updated or None).
+        """
+        x = x.astype(self.policy.compute_dtype)
+        q = apply_rope(self._project(x, self.q_proj, self.q_bias), *rope)
+        k = apply_rope(self._project(x, self.k_proj, self.k_bias), *rope)
+        v = self._project(x, self.v_proj, self.v_bias)
+        new_cache = None
+        if cache is None:
+            mask = None
+            is_causal = segment_ids is None
+            if segment_ids is not None:
+                mask = attention_mask(
+                    x.shape[1], x.shape[1], segment_ids=segment_ids, sliding_window=self.sliding_window
+                )
+        else:
+            if segment_ids is not None:
+                raise ValueError("segment_ids: not supported together with a KV cache (decode one sequence per row)")
+            cache_k, cache_v, lengths = cache
+            cache_k = _write_rows(cache_k, k, lengths)
+            cache_v = _write_rows(cache_v, v, lengths)
+            new_cache = (cache_k, cache_v)
+            mask = attention_mask(
+                x.shape[1],
+                cache_k.shape[1],
+                query_offset=lengths,
+                key_valid_length=lengths + x.shape[1],
+                sliding_window=self.sliding_window,
+            )
+            is_causal = False
+            k, v = cache_k.astype(q.dtype), cache_v.astype(q.dtype)
+        out = dot_product_attention(
+            q,
+            k,
+            v,
+            mask=mask,
+            is_causal=is_causal,
+            sliding_window=self.sliding_window,
+            implementation=self.implementation,
+            policy=self.policy,
+        )
+        y = jnp.einsum("btnh,nhd->btd", out, self.o_proj[...].astype(self.policy.compute_dtype))
+        return y, new_cache

@@ -1,0 +1,36 @@
+"""Token embedding with an optional tied output head."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxstack.layers.attention import param
+from jaxstack.precision import DtypePolicy, get_policy
+
+
+class Embedding(nnx.Module):
+    """Embedding table [V, D]. ``attend`` uses the same table as the output head (weight tying)."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        *,
+        init_std: float = 0.02,
+        policy: DtypePolicy | str | None = None,
+        rngs: nnx.Rngs,
+    ):
+        self.policy = get_policy(policy)
+        self.vocab_size = vocab_size
+        self.embedding = param(rngs, (vocab_size, hidden_size), ("vocab", "embed"), std=init_std, dtype=self.policy.param_dtype)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        """tokens: [B, T] int -> [B, T, D] in the compute dtype."""
+        return jnp.take(self.embedding[...], tokens, axis=0).astype(self.policy.compute_dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """x: [B, T, D] -> logits [B, T, V] (tied head), in the compute dtype."""
+        compute = self.policy.compute_dtype
+        return jnp.einsum("btd,vd->btv", x.astype(compute), self.embedding[...].astype(compute))

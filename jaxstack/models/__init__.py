@@ -1,0 +1,19 @@
+"""Model families, configs and Hugging Face interop."""
+
+from jaxstack.models.configs import PRESETS, LlamaConfig, get_config
+from jaxstack.models.hf import CheckpointError, load_pretrained, save_pretrained
+from jaxstack.models.llama import KVCache, LlamaForCausalLM, ModelOutput, init_cache, stack_layer_params
+
+__all__ = [
+    "PRESETS",
+    "CheckpointError",
+    "KVCache",
+    "LlamaConfig",
+    "LlamaForCausalLM",
+    "ModelOutput",
+    "get_config",
+    "init_cache",
+    "load_pretrained",
+    "save_pretrained",
+    "stack_layer_params",
+]

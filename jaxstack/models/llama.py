@@ -1,0 +1,225 @@
+"""Llama-family decoder: Llama, SmolLM2, Qwen2 / Qwen2.5 (q/k/v bias), in Flax NNX.
+
+Read top to bottom: the cache and output pytrees, the decoder layer, the model. The layer stack runs
+either as a Python loop over ``nnx.List`` layers or as ``lax.scan`` over stacked parameters
+(``config.scan_layers``); both call the same ``_layer_step`` so they give identical logits. The
+layer index is passed into ``_layer_step`` as data (a traced integer under scan), which is where
+per-layer interventions and activation capture hook in without retracing per setting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from jaxstack.layers.attention import Attention
+from jaxstack.layers.embedding import Embedding
+from jaxstack.layers.mlp import SwiGLU
+from jaxstack.layers.norms import RMSNorm
+from jaxstack.layers.rotary import rope_angles
+from jaxstack.layers.attention import param
+from jaxstack.models.configs import LlamaConfig
+from jaxstack.precision import DtypePolicy, get_policy
+
+
+@struct.dataclass
+class KVCache:
+    """Decode state, an explicit pytree that goes in and comes out of every model call.
+
+    k, v: [L, B, S, KV, hd] (cache dtype); lengths: [B] int32, filled slots per row. Slot ``s`` of a
+    row holds the token at slot index ``s`` of that row's sequence (left-aligned; no left padding).
+    """
+
+    k: jax.Array
+    v: jax.Array
+    lengths: jax.Array
+
+    @property
+    def max_length(self) -> int:
+        return self.k.shape[2]
+
+
+@struct.dataclass
+class ModelOutput:
+    """logits: [B, T, V] (policy.output_dtype); cache: updated KVCache or None."""
+
+    logits: jax.Array
+    cache: KVCache | None = None
+
+
+def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype: Any = jnp.float32) -> KVCache:
+    """An empty cache for ``batch_size`` rows of up to ``max_length`` tokens each."""
+    if max_length <= 0 or batch_size <= 0:
+        raise ValueError(f"init_cache: batch_size and max_length must be positive, got {batch_size}, {max_length}")
+    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), lengths=jnp.zeros((batch_size,), jnp.int32))
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm block: x + attn(norm(x)); x + mlp(norm(x))."""
+
+    def __init__(self, config: LlamaConfig, *, policy: DtypePolicy, rngs: nnx.Rngs):
+        std = config.initializer_range
+        self.input_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, policy=policy)
+        self.attention = Attention(
+            config.hidden_size,
+            config.num_heads,
+            config.num_kv_heads,
+            config.head_dim,
+            qkv_bias=config.qkv_bias,
+            sliding_window=config.sliding_window,
+            implementation=config.attention_implementation,
+            init_std=std,
+            policy=policy,
+            rngs=rngs,
+        )
+        self.post_attention_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, policy=policy)
+        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, init_std=std, policy=policy, rngs=rngs)
+
+    def __call__(self, x, rope, *, segment_ids=None, cache=None):
+        """x: [B, T, D]. cache: (k [B,S,KV,hd], v, lengths [B]) or None. Returns (x, (k, v) or None)."""
+        attended, new_cache = self.attention(self.input_norm(x), rope, segment_ids=segment_ids, cache=cache)
+        x = x + attended
+        x = x + self.mlp(self.post_attention_norm(x))
+        return x, new_cache
+
+
+def _layer_step(layer: DecoderLayer, x, rope, segment_ids, layer_cache, lengths, layer_index):
+    """One layer. ``layer_index`` is data (traced under scan): interventions/capture hook in here."""
+    del layer_index  # reserved for interventions / capture (DESIGN principle 5)
+    cache = None if layer_cache is None else (layer_cache[0], layer_cache[1], lengths)
+    return layer(x, rope, segment_ids=segment_ids, cache=cache)
+
+
+class LlamaForCausalLM(nnx.Module):
+    """Decoder-only LM. ``model(tokens, positions=None, *, segment_ids=None, cache=None)``."""
+
+    def __init__(self, config: LlamaConfig, *, policy: DtypePolicy | str | None = None, rngs: nnx.Rngs):
+        self.config = config
+        self.policy = policy = get_policy(policy)
+        std = config.initializer_range
+        self.embed = Embedding(config.vocab_size, config.hidden_size, init_std=std, policy=policy, rngs=rngs)
+        if config.scan_layers:
+            self.layers = _stacked_layers(config, policy, rngs)
+        else:
+            self.layers = nnx.List([DecoderLayer(config, policy=policy, rngs=rngs) for _ in range(config.num_layers)])
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, policy=policy)
+        if config.tie_word_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), std=std,
+                                 dtype=policy.param_dtype)
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array | None = None,
+        *,
+        segment_ids: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ) -> ModelOutput:
+        """tokens: [B, T] int. positions: [B, T] int (default: 0..T-1, or continuing the cache).
+
+        segment_ids: [B, T] int for packed sequences (attention stays within a segment; pass positions
+        that restart per segment). cache: a KVCache to decode with (the T tokens are appended).
+        Returns ModelOutput(logits [B, T, V] in policy.output_dtype, cache).
+        """
+        self._check_inputs(tokens, positions, segment_ids, cache)
+        batch, length = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+            if cache is not None:
+                positions = positions + cache.lengths[:, None]
+        rope = rope_angles(
+            positions, self.config.head_dim, self.config.rope_theta, self.config.rope_scaling, self.policy.accum_dtype
+        )
+        x = self.embed(tokens)
+        x, new_kv = self._run_layers(x, rope, segment_ids, cache)
+        x = self.norm(x)
+        if self.lm_head is None:
+            logits = self.embed.attend(x)
+        else:
+            compute = self.policy.compute_dtype
+            logits = x.astype(compute) @ self.lm_head[...].astype(compute)
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(k=new_kv[0], v=new_kv[1], lengths=cache.lengths + length)
+        return ModelOutput(logits=logits.astype(self.policy.output_dtype), cache=new_cache)
+
+    def _run_layers(self, x, rope, segment_ids, cache):
+        lengths = None if cache is None else cache.lengths
+        if not self.config.scan_layers:
+            ks, vs = [], []
+            for index, layer in enumerate(self.layers):
+                layer_cache = None if cache is None else (cache.k[index], cache.v[index])
+                x, kv = _layer_step(layer, x, rope, segment_ids, layer_cache, lengths, index)
+                if kv is not None:
+                    ks.append(kv[0])
+                    vs.append(kv[1])
+            return x, ((jnp.stack(ks), jnp.stack(vs)) if cache is not None else None)
+
+        graphdef, state = nnx.split(self.layers)
+        remat = self.config.remat
+
+        def body(carry, xs):
+            layer_state, layer_cache, index = xs
+            layer = nnx.merge(graphdef, layer_state)
+            y, kv = _layer_step(layer, carry, rope, segment_ids, layer_cache, lengths, index)
+            return y, kv
+
+        if remat:
+            body = jax.checkpoint(body, prevent_cse=False)
+        layer_caches = None if cache is None else (cache.k, cache.v)
+        indices = jnp.arange(self.config.num_layers, dtype=jnp.int32)
+        x, kv = jax.lax.scan(body, x, (state, layer_caches, indices))
+        return x, kv
+
+    def _check_inputs(self, tokens, positions, segment_ids, cache):
+        if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"tokens: expected an integer array [B, T], got {tokens.dtype}{list(tokens.shape)}")
+        for name, value in (("positions", positions), ("segment_ids", segment_ids)):
+            if value is not None and (value.shape != tokens.shape or not jnp.issubdtype(value.dtype, jnp.integer)):
+                raise ValueError(
+                    f"{name}: expected an integer array of the tokens' shape {list(tokens.shape)}, "
+                    f"got {value.dtype}{list(value.shape)}"
+                )
+        if cache is not None:
+            expected = (self.config.num_layers, tokens.shape[0])
+            if cache.k.shape[:2] != expected:
+                raise ValueError(f"cache: expected k of shape [L={expected[0]}, B={expected[1]}, ...], got {list(cache.k.shape)}")
+            if tokens.shape[1] > cache.max_length:
+                raise ValueError(f"tokens: {tokens.shape[1]} tokens do not fit a cache of {cache.max_length} slots")
+
+
+def _stacked_layers(config: LlamaConfig, policy: DtypePolicy, rngs: nnx.Rngs) -> DecoderLayer:
+    """num_layers DecoderLayers with parameters stacked on a leading 'layers' axis."""
+
+    @nnx.split_rngs(splits=config.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def create(rngs: nnx.Rngs) -> DecoderLayer:
+        return DecoderLayer(config, policy=policy, rngs=rngs)
+
+    return create(rngs)
+
+
+def stack_layer_params(model: LlamaForCausalLM) -> LlamaForCausalLM:
+    """Returns a scan-layers copy of a loop-layers model (same parameters), for tests and conversion."""
+    if model.config.scan_layers:
+        return model
+    config = model.config.replace(scan_layers=True)
+    stacked = nnx.eval_shape(lambda: LlamaForCausalLM(config, policy=model.policy, rngs=nnx.Rngs(0)))
+    params = nnx.state(model, nnx.Param)
+    flat = dict(nnx.to_flat_state(params))
+    target = nnx.state(stacked, nnx.Param)
+    new = {}
+    for path, variable in nnx.to_flat_state(target):
+        if path[0] == "layers":
+            leaves = [flat[("layers", i) + path[1:]][...] for i in range(config.num_layers)]
+            new[path] = jnp.stack(leaves)
+        else:
+            new[path] = flat[path][...]
+    nnx.update(stacked, nnx.from_flat_state({p: v.replace(new[p]) for p, v in nnx.to_flat_state(target)}))
+    return stacked
