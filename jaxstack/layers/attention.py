@@ -25,8 +25,9 @@ def param(rngs: nnx.Rngs, shape, names, *, std: float, dtype) -> nnx.Param:
     return nnx.Param(value.astype(dtype), out_sharding=names, eager_sharding=False)
 
 
-def zeros_param(shape, names, *, dtype) -> nnx.Param:
-    return nnx.Param(jnp.zeros(shape, dtype), out_sharding=names, eager_sharding=False)
+def zeros_param(shape, names, *, dtype, weight_decay: bool = True) -> nnx.Param:
+    """A zero-initialised parameter (biases pass ``weight_decay=False``: the optimizer reads it)."""
+    return nnx.Param(jnp.zeros(shape, dtype), out_sharding=names, eager_sharding=False, weight_decay=weight_decay)
 
 
 def attention_mask(
@@ -138,9 +139,9 @@ class Attention(nnx.Module):
         self.v_proj = param(rngs, (d, num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), std=init_std, dtype=dtype)
         self.o_proj = param(rngs, (num_heads, head_dim, d), ("heads", "head_dim", "embed"), std=init_std, dtype=dtype)
         if qkv_bias:
-            self.q_bias = zeros_param((num_heads, head_dim), ("heads", "head_dim"), dtype=dtype)
-            self.k_bias = zeros_param((num_kv_heads, head_dim), ("kv_heads", "head_dim"), dtype=dtype)
-            self.v_bias = zeros_param((num_kv_heads, head_dim), ("kv_heads", "head_dim"), dtype=dtype)
+            self.q_bias = zeros_param((num_heads, head_dim), ("heads", "head_dim"), dtype=dtype, weight_decay=False)
+            self.k_bias = zeros_param((num_kv_heads, head_dim), ("kv_heads", "head_dim"), dtype=dtype, weight_decay=False)
+            self.v_bias = zeros_param((num_kv_heads, head_dim), ("kv_heads", "head_dim"), dtype=dtype, weight_decay=False)
         else:
             self.q_bias = self.k_bias = self.v_bias = None
 

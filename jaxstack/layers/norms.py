@@ -29,7 +29,7 @@ class RMSNorm(nnx.Module):
         self.eps = eps
         self.policy = get_policy(policy)
         self.scale = nnx.Param(
-            jnp.ones((dim,), self.policy.param_dtype), out_sharding=("norm",), eager_sharding=False
+            jnp.ones((dim,), self.policy.param_dtype), out_sharding=("norm",), eager_sharding=False, weight_decay=False
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:

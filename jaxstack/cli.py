@@ -1,0 +1,202 @@
+"""The ``jaxstack`` command: train, generate, run <experiment>, bench.
+
+Presets by name, dotted overrides for any config field (``--model.num_layers=4``,
+``--train.steps=100``, ``--optimizer.learning_rate=1e-3``). ``jaxstack --help`` lists presets and
+experiments; ``jaxstack run <experiment> --help`` lists an experiment's fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import subprocess
+import sys
+
+
+def _epilog() -> str:
+    from experiments import available
+    from jaxstack.models.configs import PRESETS
+
+    return (
+        "model presets: " + ", ".join(PRESETS) + "\n"
+        "experiments:   " + ", ".join(available()) + "  (jaxstack run NAME --preset tiny|paper)\n"
+        "overrides:     --model.FIELD=VALUE --train.FIELD=VALUE --optimizer.FIELD=VALUE (train);\n"
+        "               --FIELD=VALUE / --section.FIELD=VALUE on an experiment's Config (run)"
+    )
+
+
+def _distributed(args) -> None:
+    if args.distributed:
+        from jaxstack.train.sharding import initialize_distributed
+
+        if args.coordinator:
+            initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+        else:
+            initialize_distributed()
+
+
+def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("multi-host")
+    group.add_argument("--distributed", action="store_true",
+                       help="call jax.distributed.initialize() before anything else (one process per host)")
+    group.add_argument("--coordinator", help="host:port of process 0 (default: from the cluster environment)")
+    group.add_argument("--num-processes", type=int)
+    group.add_argument("--process-id", type=int)
+
+
+def cmd_train(args, overrides: dict[str, str]) -> int:
+    from jaxstack.config import apply_overrides
+    from jaxstack.data import corpus, lm, tokenizer as tokenizer_lib
+    from jaxstack.models.configs import get_config
+    from jaxstack.train.optimizers import OptimizerConfig
+    from jaxstack.train.trainer import TrainConfig, train
+
+    _distributed(args)
+    bundle = {"model": get_config(args.model), "train": TrainConfig(), "optimizer": OptimizerConfig()}
+    for key, value in overrides.items():
+        section, _, field = key.partition(".")
+        if section not in bundle or not field:
+            raise ValueError(f"--{key}: expected --model.FIELD, --train.FIELD or --optimizer.FIELD")
+        bundle[section] = apply_overrides(bundle[section], {field: value})
+    model_config, train_config, optimizer_config = bundle["model"], bundle["train"], bundle["optimizer"]
+
+    if args.text_dir:
+        files = sorted(pathlib.Path(args.text_dir).rglob("*.txt"))
+        if not files:
+            raise FileNotFoundError(f"--text-dir: no .txt files under {args.text_dir}")
+        documents = [f.read_text(encoding="utf-8") for f in files]
+        train_docs = [d for i, d in enumerate(documents) if i % 20 != 19] or documents
+        valid_docs = [d for i, d in enumerate(documents) if i % 20 == 19]
+    else:
+        train_docs, valid_docs = corpus.default_corpus("train"), corpus.default_corpus("validation")
+    if args.tokenizer:
+        tokenizer = tokenizer_lib.load_tokenizer(args.tokenizer)
+    else:
+        tokenizer = tokenizer_lib.cached_bpe(train_docs, model_config.vocab_size, "train")
+    if tokenizer.vocab_size > model_config.vocab_size:
+        raise ValueError(f"--model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
+                         f"{tokenizer.vocab_size} tokens")
+    windows = lm.pack_documents(tokenizer.encode_batch(train_docs), train_config.seq_len, tokenizer.eos_id)
+    data = iter(lm.lm_dataset(windows, train_config.batch_size, seed=train_config.seed))
+    eval_data = None
+    if valid_docs:
+        valid = lm.pack_documents(tokenizer.encode_batch(valid_docs), train_config.seq_len, tokenizer.eos_id)
+        eval_batch = min(train_config.batch_size, len(valid))
+        eval_data = lambda: iter(lm.lm_dataset(valid, eval_batch, seed=0, shuffle=False, repeat=False))  # noqa: E731
+    run_dir = pathlib.Path(args.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(run_dir / "tokenizer.json")
+    _, summary = train(model_config, train_config, optimizer_config, data, run_dir, eval_data=eval_data,
+                       show_progress=not args.no_progress)
+    if (run_dir / "hf").exists():
+        tokenizer.save(run_dir / "hf" / "tokenizer.json")
+    print(json.dumps(summary["final"]))
+    return 0
+
+
+def cmd_generate(args, overrides: dict[str, str]) -> int:
+    from jaxstack.data.tokenizer import load_tokenizer
+    from jaxstack.inference import SamplingConfig, generate
+    from jaxstack.models.hf import load_pretrained
+
+    if overrides:
+        raise ValueError(f"generate: unexpected options {sorted(overrides)}")
+    model = load_pretrained(args.model, policy=args.policy)
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    stop = tuple(t for t in (tokenizer.eos_id,) if t is not None)
+    config = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, stop_tokens=stop)
+    prompts = args.prompt or [""]
+    result = generate(model, [tokenizer.encode(p) or [tokenizer.eos_id] for p in prompts], config, seed=args.seed)
+    for row, prompt in enumerate(prompts):
+        n = int(result.lengths[row])
+        print(prompt + tokenizer.decode(result.tokens[row, :n].tolist()))
+    return 0
+
+
+def cmd_run(args, overrides: dict[str, str]) -> int:
+    import experiments
+    from jaxstack.config import apply_overrides, to_dict
+
+    _distributed(args)
+    module = experiments.load(args.experiment)
+    presets = getattr(module, "PRESETS", {})
+    if args.preset not in presets:
+        raise ValueError(f"--preset: {args.experiment} has presets {sorted(presets)}, not {args.preset!r}")
+    config = apply_overrides(presets[args.preset], overrides)
+    if args.show_config:
+        print(json.dumps(to_dict(config), indent=2))
+        return 0
+    result = module.run(config)
+    if result is not None:
+        print(f"{args.experiment}: record written to {result}")
+    return 0
+
+
+def cmd_bench(args, overrides: dict[str, str]) -> int:
+    root = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+    script = root / f"{args.name.replace('-', '_')}.py"
+    if not script.exists():
+        known = sorted(p.stem for p in root.glob("*.py")) if root.exists() else []
+        raise ValueError(f"bench: no benchmark {args.name!r} (benchmarks need a source checkout); known: {known}")
+    extra = [f"--{k}={v}" for k, v in overrides.items()]
+    return subprocess.call([sys.executable, str(script), *extra])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxstack", description=__doc__.splitlines()[0], epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a Llama-family model on local text", epilog=_epilog(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("--model", default="smollm2-tiny", help="model preset (see below)")
+    train.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")
+    train.add_argument("--text-dir", help="directory of .txt files (default: the embedded corpus)")
+    train.add_argument("--tokenizer", help="tokenizer.json to use (default: train a byte-level BPE)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_distributed_flags(train)
+
+    gen = sub.add_parser("generate", help="sample from a local HF-format model directory")
+    gen.add_argument("--model", required=True, help="directory with config.json + model.safetensors")
+    gen.add_argument("--tokenizer", help="tokenizer.json (default: the one in --model)")
+    gen.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.8)
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--policy", default="fp32", help="dtype policy preset")
+
+    run = sub.add_parser("run", help="run an experiment module", epilog=_epilog(),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("experiment")
+    run.add_argument("--preset", default="tiny")
+    run.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+    _add_distributed_flags(run)
+
+    bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/")
+    bench.add_argument("name", nargs="?", default="train_step")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jaxstack.config import parse_overrides
+
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    try:
+        overrides = parse_overrides(rest)
+        return {"train": cmd_train, "generate": cmd_generate, "run": cmd_run, "bench": cmd_bench}[args.command](
+            args, overrides
+        )
+    except (ValueError, FileNotFoundError) as error:
+        parser.exit(2, f"jaxstack {args.command}: error: {error}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: Grain pipelines, tokenizers, mixtures, chat templates and agent data (``adp``)."""
