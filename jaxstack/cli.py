@@ -1,4 +1,4 @@
-"""The ``jaxstack`` command: train, generate, run <experiment>, bench.
+"""The ``jaxstack`` command: train, generate, run <experiment>, bench, adp.
 
 Presets by name, dotted overrides for any config field (``--model.num_layers=4``,
 ``--train.steps=100``, ``--optimizer.learning_rate=1e-3``). ``jaxstack --help`` lists presets and
@@ -181,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/")
     bench.add_argument("name", nargs="?", default="train_step")
+
+    from jaxstack.data.adp.cli import add_subparser as add_adp
+
+    add_adp(sub)
     return parser
 
 
@@ -189,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    if args.command == "adp":
+        from jaxstack.data.adp.cli import run as run_adp
+
+        if rest:
+            parser.error(f"adp: unrecognised arguments {rest}")
+        return run_adp(args)
     try:
         overrides = parse_overrides(rest)
         return {"train": cmd_train, "generate": cmd_generate, "run": cmd_run, "bench": cmd_bench}[args.command](
