@@ -99,8 +99,26 @@ def make_train_step(graphdef, tx, schedule=None, *, state_sharding=None, batch_s
     return jax.jit(step, donate_argnums=(0,) if donate else (), **kwargs)
 
 
-def make_batch(tokens: jax.Array, loss_mask: jax.Array | None = None) -> dict[str, jax.Array]:
-    """Next-token batch from sequences [B, T+1]: inputs = tokens[:, :-1], targets = tokens[:, 1:]."""
+def make_batch(
+    tokens: jax.Array,
+    loss_mask: jax.Array | None = None,
+    *,
+    segment_ids: jax.Array | None = None,
+    positions: jax.Array | None = None,
+) -> dict[str, jax.Array]:
+    """Next-token batch from windows [B, T+1]: inputs = tokens[:, :-1], targets = tokens[:, 1:].
+
+    loss_mask [B, T+1] marks the tokens to *predict* (so it is shifted like the targets; SFT masks
+    select assistant tokens). segment_ids / positions [B, T+1] describe packed sequences; a target in
+    another segment than its input (a document boundary) is masked out.
+    """
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    mask = jnp.ones_like(targets, jnp.float32) if loss_mask is None else loss_mask[:, 1:].astype(jnp.float32)
-    return {"inputs": inputs, "targets": targets, "loss_mask": mask}
+    mask = jnp.ones(targets.shape, jnp.float32) if loss_mask is None else loss_mask[:, 1:].astype(jnp.float32)
+    batch = {"inputs": inputs, "targets": targets}
+    if segment_ids is not None:
+        mask = mask * (segment_ids[:, 1:] == segment_ids[:, :-1]).astype(jnp.float32)
+        batch["segment_ids"] = segment_ids[:, :-1]
+    if positions is not None:
+        batch["positions"] = positions[:, :-1]
+    batch["loss_mask"] = mask
+    return batch

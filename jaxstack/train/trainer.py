@@ -36,7 +36,10 @@ from jaxstack.train.step import init_train_state, make_batch, make_train_step, s
 class TrainConfig:
     """steps: total optimizer steps (the schedule's length). stop_after: end the process early at this
     step (a checkpoint is written) -- used to test exact resumption. mesh: (data, fsdp, tensor), -1 =
-    the remaining devices. peak_tflops: per-device peak for the MFU estimate (None = from the device)."""
+    the remaining devices. peak_tflops: per-device peak for the MFU estimate (None = from the device).
+    init_from: a local Hugging Face model directory (``config.json`` + safetensors) whose parameters
+    start the run instead of a random init (fine-tuning); its architecture must match the model
+    config (see ``initial_model``). A checkpoint in the run directory still takes precedence."""
 
     steps: int = 200
     batch_size: int = 16
@@ -51,6 +54,7 @@ class TrainConfig:
     stop_after: int | None = None
     mesh: tuple[int, ...] = (-1, 1, 1)
     peak_tflops: float | None = None
+    init_from: str | None = None
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len", "log_every", "checkpoint_every"):
@@ -127,8 +131,48 @@ def plot_losses(metrics: list[dict[str, Any]], path: pathlib.Path, title: str = 
     return path
 
 
+_BATCH_KEYS = ("tokens", "loss_mask", "segment_ids", "positions")
+
+
 def _to_host_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return make_batch(jnp.asarray(batch["tokens"]), None if "loss_mask" not in batch else jnp.asarray(batch["loss_mask"]))
+    """{"tokens": [B, T+1], optional "loss_mask" / "segment_ids" / "positions": [B, T+1]} -> step batch."""
+    unknown = sorted(set(batch) - set(_BATCH_KEYS))
+    if "tokens" not in batch or unknown:
+        raise ValueError(f"data batch: expected keys {_BATCH_KEYS} (tokens required), got {sorted(batch)}")
+    get = lambda key: None if key not in batch else jnp.asarray(batch[key])  # noqa: E731
+    return make_batch(get("tokens"), get("loss_mask"), segment_ids=get("segment_ids"), positions=get("positions"))
+
+
+# Fields that may differ between a pretrained directory and the model config of a fine-tuning run:
+# they change neither the parameters' shapes nor the function the model computes (execution
+# choices, the init scale, token-id metadata, the position limit). Every other field must match.
+_INIT_FREE_FIELDS = ("attention_implementation", "scan_layers", "remat", "initializer_range", "bos_token_id",
+                     "eos_token_id", "max_position_embeddings")
+
+
+def initial_model(model_config: LlamaConfig, train_config: TrainConfig, policy) -> LlamaForCausalLM:
+    """The model a run starts from: a random init (seeded by ``train.seed``), or the parameters of
+    the HF directory ``train.init_from``. Raises ValueError naming each field where the directory's
+    config.json disagrees with ``model_config`` (``model.hidden_size: 64 in DIR/config.json, 192 in the
+    model config``), a missing config.json, or a checkpoint error (missing tensor, wrong shape)."""
+    if train_config.init_from is None:
+        return LlamaForCausalLM(model_config, policy=policy, rngs=nnx.Rngs(train_config.seed))
+    from jaxstack.models.hf import config_from_hf, load_pretrained
+
+    path = pathlib.Path(train_config.init_from)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"train.init_from: {path} has no config.json (expected a local Hugging Face model directory)")
+    pretrained = config_from_hf(json.loads((path / "config.json").read_text()))
+    mismatched = [f"model.{f.name}: {getattr(pretrained, f.name)!r} in {path}/config.json, "
+                  f"{getattr(model_config, f.name)!r} in the model config"
+                  for f in dataclasses.fields(LlamaConfig)
+                  if f.name not in _INIT_FREE_FIELDS and getattr(pretrained, f.name) != getattr(model_config, f.name)]
+    if mismatched:
+        raise ValueError("train.init_from: the pretrained model does not match the model config: "
+                         + "; ".join(mismatched))
+    model = load_pretrained(path, policy=policy, **{name: getattr(model_config, name) for name in _INIT_FREE_FIELDS})
+    assert model.config == model_config, (model.config, model_config)
+    return model
 
 
 def train(
@@ -159,7 +203,7 @@ def train(
     (run_dir / "config.json").write_text(json.dumps(config_record, indent=2) + "\n")
 
     mesh = sharding_lib.make_mesh(*train_config.mesh)
-    model = LlamaForCausalLM(model_config, policy=policy, rngs=nnx.Rngs(train_config.seed))
+    model = initial_model(model_config, train_config, policy)
     graphdef, params = split_model(model)
     tx = make_optimizer(optimizer_config, train_config.steps, params)
     schedule = make_schedule(optimizer_config, train_config.steps)
@@ -180,7 +224,7 @@ def train(
         @jax.jit
         def eval_loss(params, batch):
             model = nnx.merge(graphdef, params)
-            logits = model(batch["inputs"]).logits
+            logits = model(batch["inputs"], batch.get("positions"), segment_ids=batch.get("segment_ids")).logits
             return token_cross_entropy(logits, batch["targets"], batch["loss_mask"])
 
         def eval_fn(params):
