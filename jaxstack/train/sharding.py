@@ -39,6 +39,10 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
     """A Mesh with axes (data, fsdp, tensor). ``-1`` for one axis takes the remaining devices."""
     devices = list(devices if devices is not None else jax.devices())
     sizes = [data, fsdp, tensor]
+    if any(not isinstance(s, (int, np.integer)) or (s < 1 and s != -1) for s in sizes):
+        raise ValueError(
+            f"mesh: axis sizes must be positive integers or -1, got data={data}, fsdp={fsdp}, tensor={tensor}"
+        )
     if sizes.count(-1) > 1:
         raise ValueError(f"mesh: at most one axis may be -1, got data={data}, fsdp={fsdp}, tensor={tensor}")
     known = math.prod(s for s in sizes if s != -1)
@@ -86,12 +90,25 @@ def spec_for(shape: Sequence[int], names: Sequence[str | None] | None, mesh: Mes
     return P(*spec)
 
 
+def path_name(path) -> str:
+    """'layers/0/attention/k_proj' for a pytree key path."""
+    parts = []
+    for key in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
 def param_shardings(params, mesh: Mesh, rules=None):
     """NamedShardings for an ``nnx.State`` of Params (same tree structure, Variables holding shardings)."""
 
     def one(path, variable):
         names = variable.get_metadata().get("out_sharding")
-        what = "/".join(str(p) for p in path)
+        what = path_name(path)
         return variable.replace(NamedSharding(mesh, spec_for(variable.shape, names, mesh, rules, what=what)))
 
     return jax.tree_util.tree_map_with_path(one, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
@@ -129,8 +146,48 @@ def batch_sharding(mesh: Mesh, rules=None) -> NamedSharding:
 
 
 def shard(tree, shardings):
-    """Places a pytree on devices with the given (matching) shardings."""
+    """Places a pytree on devices with the given (matching) shardings.
+
+    Multi-host: every process must pass the same (global) values; each keeps only its own shards.
+    For batches that each process loads only its part of, use :func:`make_global_batch`.
+    """
     return jax.device_put(tree, shardings)
+
+
+def process_batch_slice(mesh: Mesh, global_batch_size: int, rules=None) -> slice:
+    """The rows of a global batch that this process's devices hold under :func:`batch_sharding`.
+
+    A per-process data loader loads only these rows (one process: all of them). Processes whose
+    devices share a batch shard (batch axes not spanning processes) get the same rows.
+    """
+    index_map = batch_sharding(mesh, rules).addressable_devices_indices_map((global_batch_size,))
+    rows = set()
+    for (index,) in index_map.values():
+        rows.update(range(*index.indices(global_batch_size)))
+    start, stop = min(rows), max(rows) + 1
+    if len(rows) != stop - start:
+        raise ValueError(
+            f"batch: this process's rows {sorted(rows)} of the global batch are not contiguous; "
+            "order the mesh devices by process"
+        )
+    return slice(start, stop)
+
+
+def make_global_batch(local_batch, mesh: Mesh, global_batch_size: int, rules=None):
+    """Global batch arrays from this process's rows (``process_batch_slice``) of every leaf [b, ...]."""
+    sharding = batch_sharding(mesh, rules)
+    rows = process_batch_slice(mesh, global_batch_size, rules)
+
+    def one(leaf):
+        leaf = np.asarray(leaf)
+        if leaf.shape[0] != rows.stop - rows.start:
+            raise ValueError(
+                f"batch: this process holds rows {rows.start}:{rows.stop} of {global_batch_size}, "
+                f"got a local batch of {leaf.shape[0]} rows"
+            )
+        return jax.make_array_from_process_local_data(sharding, leaf, (global_batch_size, *leaf.shape[1:]))
+
+    return jax.tree.map(one, local_batch)
 
 
 def initialize_distributed(
@@ -139,14 +196,19 @@ def initialize_distributed(
     process_id: int | None = None,
     *,
     cpu_collectives: str | None = "gloo",
+    **kwargs: Any,
 ) -> None:
     """Starts multi-host JAX. With no arguments, uses the cluster's environment (TPU pods, SLURM...).
 
-    On CPU hosts, collectives need an implementation (``gloo``), set before initialising.
+    Call it before any other JAX work. On CPU hosts, cross-process collectives need an
+    implementation (``gloo``), set before initialising. ``kwargs`` go to
+    ``jax.distributed.initialize`` (e.g. ``initialization_timeout`` in seconds, ``local_device_ids``).
     """
     if cpu_collectives and jax.config.jax_platforms in (None, "", "cpu"):
-        jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    kwargs: dict[str, Any] = {}
+        try:
+            jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+        except AttributeError:  # a JAX without the option (gloo is the default from 0.10 on)
+            log.info("jax_cpu_collectives_implementation: not a config option here; using the default")
     if coordinator_address is not None:
         kwargs.update(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
     jax.distributed.initialize(**kwargs)

@@ -269,7 +269,10 @@ def train(
     metrics = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     if metrics:
         plot_losses(metrics, run_dir / "loss.png", title=f"{run_dir.name}: loss")
-    model = nnx.merge(graphdef, state.params)
+    params = state.params
+    if jax.process_count() > 1:  # every process gets the full parameters (collective: all call it)
+        params = jax.jit(lambda tree: tree, out_shardings=sharding_lib.NamedSharding(mesh, sharding_lib.P()))(params)
+    model = nnx.merge(graphdef, params)
     if end == train_config.steps and jax.process_index() == 0:
         # the finished model in Hugging Face format: `jaxstack generate --model RUN/hf`, or transformers
         from jaxstack.models.hf import save_pretrained
