@@ -87,12 +87,17 @@ def cmd_train(args, overrides: dict[str, str]) -> int:
         eval_data = lambda: iter(lm.lm_dataset(valid, eval_batch, seed=0, shuffle=False, repeat=False))  # noqa: E731
     run_dir = pathlib.Path(args.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(run_dir / "tokenizer.json")
+    import jax
+
+    main_process = jax.process_index() == 0
+    if main_process:
+        tokenizer.save(run_dir / "tokenizer.json")
     _, summary = train(model_config, train_config, optimizer_config, data, run_dir, eval_data=eval_data,
                        show_progress=not args.no_progress)
-    if (run_dir / "hf").exists():
+    if main_process and (run_dir / "hf").exists():
         tokenizer.save(run_dir / "hf" / "tokenizer.json")
-    print(json.dumps(summary["final"]))
+    if main_process:
+        print(json.dumps(summary["final"]))
     return 0
 
 

@@ -87,8 +87,11 @@ def peak_tflops_per_device(override: float | None = None) -> float:
 class MetricsWriter:
     """Appends one JSON object per line to ``metrics.jsonl``."""
 
-    def __init__(self, path: pathlib.Path, *, truncate_after_step: int | None = None):
+    def __init__(self, path: pathlib.Path, *, truncate_after_step: int | None = None, enabled: bool = True):
         self.path = path
+        self.enabled = enabled
+        if not enabled:
+            return
         if truncate_after_step is not None and path.exists():
             # on resume, drop lines logged after the checkpoint so the file reads as one clean run
             kept = [line for line in path.read_text().splitlines()
@@ -98,6 +101,8 @@ class MetricsWriter:
             path.unlink()
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -193,6 +198,7 @@ def train(
     """
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    main_process = jax.process_index() == 0  # multi-host: one process writes the run record
     policy = get_policy(train_config.policy)
     config_record = {
         "model": to_dict(model_config),
@@ -200,7 +206,8 @@ def train(
         "optimizer": to_dict(optimizer_config),
         **(extra_config or {}),
     }
-    (run_dir / "config.json").write_text(json.dumps(config_record, indent=2) + "\n")
+    if main_process:
+        (run_dir / "config.json").write_text(json.dumps(config_record, indent=2) + "\n")
 
     mesh = sharding_lib.make_mesh(*train_config.mesh)
     model = initial_model(model_config, train_config, policy)
@@ -217,7 +224,8 @@ def train(
     start = 0
     if checkpointer.latest_step() is not None:
         state, start = checkpointer.restore(state, data)
-    metrics_writer = MetricsWriter(run_dir / "metrics.jsonl", truncate_after_step=start if start else None)
+    metrics_writer = MetricsWriter(run_dir / "metrics.jsonl", truncate_after_step=start if start else None,
+                                   enabled=main_process)
 
     eval_fn = None
     if eval_data is not None:
@@ -239,7 +247,7 @@ def train(
     flops_per_token = model_config.flops_per_token(train_config.seq_len)
     peak = peak_tflops_per_device(train_config.peak_tflops) * 1e12 * jax.device_count()
     end = train_config.steps if train_config.stop_after is None else min(train_config.stop_after, train_config.steps)
-    bar = tqdm(total=train_config.steps, initial=start, desc="train", unit="step", disable=not show_progress,
+    bar = tqdm(total=train_config.steps, initial=start, desc="train", unit="step", disable=not (show_progress and main_process),
                dynamic_ncols=True)
     last_time, last_step, tokens_since = time.perf_counter(), start, 0.0
     final_metrics: dict[str, Any] = {}
@@ -267,7 +275,7 @@ def train(
     checkpointer.close()
 
     metrics = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
-    if metrics:
+    if metrics and main_process:
         plot_losses(metrics, run_dir / "loss.png", title=f"{run_dir.name}: loss")
     params = state.params
     if jax.process_count() > 1:  # every process gets the full parameters (collective: all call it)
@@ -280,5 +288,6 @@ def train(
         save_pretrained(model, run_dir / "hf")
     summary = {"steps_done": end, "steps": train_config.steps, "final": final_metrics,
                "num_params": model_config.num_params()}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if main_process:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return model, summary
