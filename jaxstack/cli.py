@@ -8,7 +8,6 @@ experiments; ``jaxstack run <experiment> --help`` lists an experiment's fields.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import pathlib
 import subprocess

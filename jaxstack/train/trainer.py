@@ -249,7 +249,7 @@ def train(
     end = train_config.steps if train_config.stop_after is None else min(train_config.stop_after, train_config.steps)
     bar = tqdm(total=train_config.steps, initial=start, desc="train", unit="step", disable=not (show_progress and main_process),
                dynamic_ncols=True)
-    last_time, last_step, tokens_since = time.perf_counter(), start, 0.0
+    last_time, tokens_since = time.perf_counter(), 0.0
     final_metrics: dict[str, Any] = {}
     for step in range(start, end):
         batch = sharding_lib.shard(_to_host_batch(next(data)), batch_sh)
@@ -267,7 +267,7 @@ def train(
             metrics_writer.write(record)
             final_metrics = record
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}")
-            last_time, last_step, tokens_since = now, done, 0.0
+            last_time, tokens_since = now, 0.0
         bar.update(1)
         if done % train_config.checkpoint_every == 0 or done == end:
             checkpointer.save(done, state, data, force=True)

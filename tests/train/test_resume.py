@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
 
 ARGS = [
     "--model", "llama-test", "--model.vocab_size=512", "--train.steps=20", "--train.batch_size=4",
@@ -29,7 +28,8 @@ def _train(out: pathlib.Path, *extra: str) -> None:
 
 def _losses(run: pathlib.Path) -> dict[int, float]:
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    return {json.loads(l)["step"]: json.loads(l)["loss"] for l in lines}
+    records = [json.loads(line) for line in lines]
+    return {r["step"]: r["loss"] for r in records}
 
 
 def test_resume_is_bit_exact(tmp_path):
