@@ -8,8 +8,8 @@
   ``/completions`` with ``raw=True``) with the standard library only, bounded retries with
   backoff on 429/5xx and connection errors, clear errors otherwise. Works with vLLM's or any
   hosted OpenAI-compatible server.
-* :class:`JaxstackModelClient` - interface stub for a local jaxstack model through the sampler;
-  it raises :class:`NotImplementedError` until ``jaxstack.inference`` provides the sampler.
+* :class:`JaxstackModelClient` - a local jaxstack model through the KV-cache sampler
+  (ChatML rendering, batched generation, stop tokens and stop strings, token counts).
 """
 
 from __future__ import annotations
@@ -208,21 +208,139 @@ class OpenAICompatibleClient:
 
 
 class JaxstackModelClient:
-    """A local jaxstack model behind the sampler (interface stub).
+    """A local jaxstack model behind the KV-cache sampler (:func:`jaxstack.inference.generate`).
 
-    The language model and sampler (``jaxstack.models`` / ``jaxstack.inference``) are being
-    built separately; until they land this client only fixes the constructor and the
-    :class:`LLMClient` signature, and :meth:`complete` raises :class:`NotImplementedError`.
+    ``complete(messages)``: :func:`render_chat` (ChatML with the assistant generation prompt) ->
+    token ids -> ``generate`` (greedy at temperature 0) -> decode. Generation ends at a stop
+    *token* (``<|im_end|>`` and ``<|endoftext|>`` when the vocabulary has them, plus
+    ``stop_token_ids``) or after ``max_tokens``; the stop token itself is not part of the text
+    (as with OpenAI-compatible servers). Stop *strings* are applied afterwards by truncation
+    after the first occurrence (the string is kept, like :class:`ScriptedPolicy`): the sampler
+    cannot stop on a string, so the tokens after it are computed and discarded.
+
+    Token counts: ``prompt_tokens`` is the prompt as fed to the model (after ``max_prompt_tokens``
+    left truncation); ``completion_tokens`` counts the tokens of the returned text -- the stop
+    token included when generation stopped on one, and only the tokens needed to cover the text
+    when a stop string cut it. ``finish_reason`` is ``"stop"`` (stop token or stop string) or
+    ``"length"``.
+
+    Args:
+        model: a ``LlamaForCausalLM``, or a local Hugging Face model directory (``load_pretrained``).
+        tokenizer: a :class:`jaxstack.data.tokenizer.Tokenizer`, a ``tokenizers.Tokenizer``, or a
+            path to a ``tokenizer.json`` (or a directory holding one).
+        max_new_tokens: default generation budget (``complete(max_tokens=...)`` overrides it).
+        temperature, top_k, top_p: sampling settings (temperature 0 = greedy).
+        seed: base seed; call ``i`` samples with ``seed + i`` so repeated calls differ at T > 0.
+        max_prompt_tokens: keep only the last this many prompt tokens (None = keep all).
+        stop_token_ids: extra token ids that end a generation.
     """
 
-    def __init__(self, model=None, tokenizer=None, *, max_new_tokens: int = 512, temperature: float = 0.0):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model=None, tokenizer=None, *, max_new_tokens: int = 512, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                 max_prompt_tokens: int | None = None, stop_token_ids: Sequence[int] = ()):
+        if model is None or tokenizer is None:
+            raise ValueError("JaxstackModelClient needs a model (LlamaForCausalLM or HF directory) and a tokenizer")
+        if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+            from jaxstack.models.hf import load_pretrained
+
+            model = load_pretrained(model)
+        if not hasattr(model, "config") or not hasattr(model.config, "vocab_size"):
+            raise TypeError(f"model must be a jaxstack LlamaForCausalLM or a model directory, got {type(model).__name__}")
+        self.model = model
+        self.tokenizer = _as_tokenizer(tokenizer)
+        if max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens}")
+        if max_prompt_tokens is not None and max_prompt_tokens <= 0:
+            raise ValueError(f"max_prompt_tokens must be a positive integer or None, got {max_prompt_tokens}")
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
+        self.top_k, self.top_p, self.seed = top_k, top_p, seed
+        self.max_prompt_tokens = max_prompt_tokens
+        vocab = self.model.config.vocab_size
+        backend = self.tokenizer.backend
+        stops = {backend.token_to_id(t) for t in ("<|im_end|>", "<|endoftext|>")} - {None}
+        stops |= {int(t) for t in stop_token_ids}
+        bad = sorted(t for t in stops if not 0 <= t < vocab)
+        if bad:
+            raise ValueError(f"stop token ids {bad} are outside the model's vocabulary [0, {vocab})")
+        if self.tokenizer.vocab_size > vocab:
+            raise ValueError(f"tokenizer has {self.tokenizer.vocab_size} tokens but the model's vocab_size is {vocab}")
+        self.stop_token_ids = tuple(sorted(stops))
+        self.calls = 0
+
+    def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
+        """The prompt token ids of ``messages`` (ChatML + generation prompt, left-truncated)."""
+        ids = self.tokenizer.encode(render_chat(messages))
+        if self.max_prompt_tokens is not None and len(ids) > self.max_prompt_tokens:
+            ids = ids[-self.max_prompt_tokens:]
+        return ids
 
     def complete(self, messages, *, stop=None, max_tokens=None, temperature=None) -> Completion:
-        _check_messages(messages)
-        raise NotImplementedError(
-            "JaxstackModelClient needs the jaxstack sampler (jaxstack.inference.sampler: "
-            "prompt token ids -> generated ids with stop strings), which does not exist yet; "
-            "use OpenAICompatibleClient or ScriptedPolicy meanwhile"
-        )
+        return self.complete_batch([messages], stop=stop, max_tokens=max_tokens, temperature=temperature)[0]
+
+    def complete_batch(self, conversations: Sequence[Sequence[Message]], *, stop: Sequence[str] | None = None,
+                       max_tokens: int | None = None, temperature: float | None = None) -> list[Completion]:
+        """:meth:`complete` for several conversations in one batched ``generate`` call (one compile
+        per distinct (batch, longest prompt, max_tokens) shape)."""
+        from jaxstack.inference import SamplingConfig, generate
+
+        if not isinstance(conversations, (list, tuple)) or not conversations:
+            raise ValueError("conversations must be a non-empty list of message lists")
+        prompts = [self.encode_prompt(messages) for messages in conversations]  # validates messages
+        budget = self.max_new_tokens if max_tokens is None else int(max_tokens)
+        if budget <= 0:
+            raise ValueError(f"max_tokens must be a positive integer, got {max_tokens}")
+        config = SamplingConfig(max_new_tokens=budget,
+                                temperature=self.temperature if temperature is None else float(temperature),
+                                top_k=self.top_k, top_p=self.top_p, stop_tokens=self.stop_token_ids)
+        t0 = time.perf_counter()
+        result = generate(self.model, prompts, config, seed=self.seed + self.calls)
+        self.calls += 1
+        tokens = [row.tolist() for row in _host(result.tokens)]
+        lengths = _host(result.lengths).tolist()
+        latency = (time.perf_counter() - t0) / len(prompts)
+        out = []
+        for prompt, row, n in zip(prompts, tokens, lengths):
+            generated = row[:n]
+            stopped = bool(generated) and generated[-1] in self.stop_token_ids
+            content = generated[:-1] if stopped else generated
+            text = self.tokenizer.decode(content)
+            cut, reason = _apply_stop(text, stop)
+            used = len(generated)
+            if reason == "stop" and cut != text:
+                used = _tokens_covering(self.tokenizer, content, len(cut))
+            elif stopped:
+                reason = "stop"
+            out.append(Completion(cut, len(prompt), used, reason or "length", latency))
+        return out
+
+
+def _host(array):
+    import numpy as np
+
+    return np.asarray(array)
+
+
+def _tokens_covering(tokenizer, ids: Sequence[int], n_chars: int) -> int:
+    """The fewest leading tokens of ``ids`` whose decoded text has at least ``n_chars`` characters."""
+    lo, hi = 1, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(tokenizer.decode(ids[:mid])) >= n_chars:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _as_tokenizer(tokenizer):
+    """A :class:`jaxstack.data.tokenizer.Tokenizer` from a wrapper, a ``tokenizers.Tokenizer`` or a path."""
+    from jaxstack.data.tokenizer import Tokenizer, load_tokenizer
+
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    if isinstance(tokenizer, str) or hasattr(tokenizer, "__fspath__"):
+        return load_tokenizer(tokenizer)
+    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "token_to_id"):
+        return Tokenizer(tokenizer)
+    raise TypeError(f"tokenizer must be a jaxstack Tokenizer, a tokenizers.Tokenizer or a path, "
+                    f"got {type(tokenizer).__name__}")

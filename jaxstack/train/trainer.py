@@ -210,6 +210,12 @@ def train(
         (run_dir / "config.json").write_text(json.dumps(config_record, indent=2) + "\n")
 
     mesh = sharding_lib.make_mesh(*train_config.mesh)
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if train_config.batch_size % batch_shards:
+        raise ValueError(
+            f"train.batch_size={train_config.batch_size} must be divisible by data x fsdp = {batch_shards} "
+            f"(mesh {dict(mesh.shape)} over {jax.device_count()} devices); change train.batch_size or train.mesh"
+        )
     model = initial_model(model_config, train_config, policy)
     graphdef, params = split_model(model)
     tx = make_optimizer(optimizer_config, train_config.steps, params)

@@ -1,4 +1,5 @@
-"""LLM clients: scripted policy, OpenAI-compatible HTTP client against a local server, stub."""
+"""LLM clients: scripted policy, OpenAI-compatible HTTP client against a local server, and the local
+jaxstack model client (tests/agents/test_jaxstack_client.py)."""
 
 import json
 import threading
@@ -96,7 +97,7 @@ def test_openai_client_unreachable_and_bad_args():
         c.complete([])
 
 
-def test_scripted_policy_and_stub():
+def test_scripted_policy():
     p = ScriptedPolicy(["<tool_call>x</tool_call> trailing", "b"])
     assert p.complete(MSGS, stop=["</tool_call>"]).text == "<tool_call>x</tool_call>"
     assert p.complete(MSGS).text == "b"
@@ -104,5 +105,5 @@ def test_scripted_policy_and_stub():
         p.complete(MSGS)
     with pytest.raises(ValueError, match=r"messages\[0\]"):
         ScriptedPolicy(["a"]).complete([{"role": "robot", "content": ""}])
-    with pytest.raises(NotImplementedError, match="sampler"):
-        JaxstackModelClient().complete(MSGS)
+    with pytest.raises(ValueError, match="needs a model"):
+        JaxstackModelClient()

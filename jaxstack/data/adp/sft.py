@@ -7,11 +7,17 @@ it works with any tokenizer (``tokenizers.Tokenizer.encode(...).ids``, a byte-le
    segments flagged ``trainable`` (assistant content and its end marker) or not (everything else);
 2. :func:`tokenize_example` encodes segment by segment, so the loss mask boundaries are exact;
 3. :func:`pack_examples` greedily packs examples into fixed-length rows with segment ids and
-   positions (the layout a packed-attention trainer consumes).
+   positions (the layout a packed-attention trainer consumes);
+4. :func:`sft_dataset` is the Grain pipeline over packed rows (shuffle, repeat, batch) whose
+   checkpointable iterator feeds ``jaxstack.train.trainer.train``; :func:`split_records` makes a
+   held-out split by record id and :func:`chat_text` gives the text a tokenizer is trained on.
+
+The model-side half (tokenizer, trainer, sampling, parse rates) is :mod:`jaxstack.data.adp.sft_run`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -167,3 +173,81 @@ def read_chat_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
         for line in handle:
             if line.strip():
                 yield json.loads(line)
+
+
+def chat_text(record: dict[str, Any], template: ChatTemplate = CHATML) -> str:
+    """The full rendered text of a chat record (what the model sees), e.g. to train a tokenizer on."""
+    return "".join(segment.text for segment in render_segments(record["messages"], template))
+
+
+def split_records(
+    records: Sequence[dict[str, Any]], eval_fraction: float, *, seed: int = 0, key: str = "id"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, held-out) split by ``record[key]`` (default the record ``id``): every record with the
+    same key (the copies a mixture makes when ``w > 1``, the turns of one trajectory) lands on the
+    same side, so nothing held out is trained on.
+
+    The held-out keys are the ``max(1, round(eval_fraction * n_keys))`` keys (at most all but one)
+    with the smallest ``sha256(seed:key)`` -- stable under reordering and under adding other records.
+
+    Raises:
+      ValueError: ``eval_fraction`` outside ``(0, 1)``, a record without ``key``, or fewer than two keys.
+    """
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction: expected a value in (0, 1), got {eval_fraction}")
+    ids = []
+    for index, record in enumerate(records):
+        if key not in record:
+            raise ValueError(f"records[{index}]: no {key!r} (needed to split by record)")
+        ids.append(str(record[key]))
+    unique = sorted(set(ids))
+    if len(unique) < 2:
+        raise ValueError(f"records: need at least two distinct {key!r} values to split, got {len(unique)}")
+    n_eval = min(len(unique) - 1, max(1, round(eval_fraction * len(unique))))
+    ranked = sorted(unique, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+    held_out = set(ranked[:n_eval])
+    train = [r for r, i in zip(records, ids) if i not in held_out]
+    evaluation = [r for r, i in zip(records, ids) if i in held_out]
+    return train, evaluation
+
+
+ROW_KEYS = ("tokens", "loss_mask", "segment_ids", "positions")
+
+
+def sft_dataset(rows: dict[str, np.ndarray], batch_size: int, *, seed: int, shuffle: bool = True,
+                repeat: bool = True):
+    """Grain ``IterDataset`` of batches ``{tokens, loss_mask, segment_ids, positions}: [B, W]`` over
+    packed rows (the output of :func:`pack_examples` with ``seq_len = W``; the trainer reads
+    ``W = train.seq_len + 1``: inputs ``[:, :-1]``, targets ``[:, 1:]``).
+
+    ``repeat=True`` cycles over the rows (a batch may span two epochs), so any number of rows
+    works; ``repeat=False`` yields whole batches of one pass (``drop_remainder``) and needs at
+    least ``batch_size`` rows. The iterator is checkpointable (its state goes into the trainer's
+    Orbax checkpoints).
+
+    Raises:
+      ValueError: a missing / misshapen row array, no rows, or ``batch_size`` <= 0 / too large.
+    """
+    import grain
+
+    if batch_size <= 0:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+    missing = [key for key in ROW_KEYS if key not in rows]
+    if missing:
+        raise ValueError(f"rows: missing arrays {missing}; expected {list(ROW_KEYS)} (see pack_examples)")
+    shape = rows["tokens"].shape
+    for key in ROW_KEYS:
+        if rows[key].shape != shape or len(shape) != 2:
+            raise ValueError(f"rows[{key!r}]: expected shape {shape} (2-D, like tokens), got {rows[key].shape}")
+    if shape[0] == 0:
+        raise ValueError("rows: no packed rows (no examples?)")
+    if not repeat and shape[0] < batch_size:
+        raise ValueError(f"rows: {shape[0]} rows cannot fill one batch of {batch_size} without repeat")
+    arrays = {key: np.asarray(rows[key], dtype=np.int32) for key in ROW_KEYS}
+    dataset = grain.MapDataset.range(shape[0])
+    if shuffle:  # before repeat: each epoch is a fresh permutation of the rows (every row once)
+        dataset = dataset.shuffle(seed=seed)
+    if repeat:
+        dataset = dataset.repeat(None)
+    dataset = dataset.map(lambda i: {key: value[i] for key, value in arrays.items()})
+    return dataset.batch(batch_size, drop_remainder=True).to_iter_dataset()
