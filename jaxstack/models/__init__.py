@@ -17,3 +17,13 @@ __all__ = [
     "save_pretrained",
     "stack_layer_params",
 ]
+
+from jaxstack.models.kimi_linear import (  # noqa: E402
+    KIMI_PRESETS,
+    KimiCache,
+    KimiLinearConfig,
+    KimiLinearForCausalLM,
+    get_kimi_config,
+)
+
+__all__ += ["KIMI_PRESETS", "KimiCache", "KimiLinearConfig", "KimiLinearForCausalLM", "get_kimi_config"]

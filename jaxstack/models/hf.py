@@ -4,6 +4,9 @@ Supported architectures: ``LlamaForCausalLM`` (SmolLM2, Llama) and ``Qwen2ForCau
 Qwen2.5). Tensors map one to one (``.weight`` transposed from torch's ``[out, in]``); RoPE uses HF's
 rotate-half convention on both sides, so no q/k permutation is needed. Tied models carry no
 ``lm_head.weight``.
+
+``KimiLinearForCausalLM`` checkpoints are dispatched to :mod:`jaxstack.models.kimi_hf` by
+``load_pretrained`` (from config.json's ``architectures``) and ``save_pretrained`` (by model class).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from jaxstack.models.llama import LlamaForCausalLM
 from jaxstack.precision import DtypePolicy, get_policy
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+_KIMI_ARCHITECTURE = "KimiLinearForCausalLM"  # handled by jaxstack.models.kimi_hf
 # Tensors some checkpoints carry that hold no parameters.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -234,7 +238,12 @@ def load_pretrained(
     config_path = path / "config.json"
     if not config_path.exists():
         raise CheckpointError(f"{path}: no config.json (expected a local Hugging Face model directory)")
-    config = config_from_hf(json.loads(config_path.read_text()), **config_overrides)
+    raw_config = json.loads(config_path.read_text())
+    if _KIMI_ARCHITECTURE in (raw_config.get("architectures") or []):
+        from jaxstack.models import kimi_hf
+
+        return kimi_hf.load_pretrained(path, policy=policy, **config_overrides)
+    config = config_from_hf(raw_config, **config_overrides)
     policy = get_policy(policy)
     files = _tensor_files(path)
     table = _tensor_table(config)
@@ -309,6 +318,10 @@ def save_pretrained(model: LlamaForCausalLM, path: str | pathlib.Path, *, dtype:
     """
     from safetensors.numpy import save_file
 
+    if type(model).__name__ == _KIMI_ARCHITECTURE:
+        from jaxstack.models import kimi_hf
+
+        return kimi_hf.save_pretrained(model, path, dtype=dtype)
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = model.config

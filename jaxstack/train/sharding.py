@@ -32,6 +32,11 @@ RULES: dict[str, str | None] = {
     "mlp": "tensor",
     "norm": None,
     "layers": None,
+    # Kimi Linear (MoE / MLA). The expert axis is replicated for now (the experts' "mlp" axis is
+    # tensor-sharded); expert parallelism would map "expert" to a mesh axis. MLA latent ranks: replicated.
+    "expert": None,
+    "kv_lora": None,
+    "q_lora": None,
 }
 
 
