@@ -27,3 +27,15 @@ from jaxstack.models.kimi_linear import (  # noqa: E402
 )
 
 __all__ += ["KIMI_PRESETS", "KimiCache", "KimiLinearConfig", "KimiLinearForCausalLM", "get_kimi_config"]
+
+
+def build_model(config, *, policy=None, rngs):
+    """A randomly initialised model of the family ``config`` belongs to (LlamaConfig, KimiLinearConfig)."""
+    if isinstance(config, KimiLinearConfig):
+        return KimiLinearForCausalLM(config, policy=policy, rngs=rngs)
+    if isinstance(config, LlamaConfig):
+        return LlamaForCausalLM(config, policy=policy, rngs=rngs)
+    raise TypeError(f"model config: expected a LlamaConfig or KimiLinearConfig, got {type(config).__name__}")
+
+
+__all__ += ["build_model"]

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from jaxstack.models.llama import ModelOutput  # shared output pytree (logits, cache)
+
 from jaxstack.layers.attention import param
 from jaxstack.layers.embedding import Embedding
 from jaxstack.layers.kda import KDAState, KimiDeltaAttention
@@ -218,14 +220,6 @@ class KimiCache:
     @property
     def max_length(self) -> int:
         return self.latent.shape[2]
-
-
-@struct.dataclass
-class ModelOutput:
-    """logits: ``[B, T, vocab]`` (policy.output_dtype); cache: updated KimiCache or None."""
-
-    logits: jax.Array
-    cache: KimiCache | None = None
 
 
 def init_cache(config: KimiLinearConfig, batch_size: int, max_length: int, dtype: Any = jnp.float32) -> KimiCache:

@@ -44,10 +44,11 @@ class KVCache:
 
 @struct.dataclass
 class ModelOutput:
-    """logits: [B, T, V] (policy.output_dtype); cache: updated KVCache or None."""
+    """logits: [B, T, V] (policy.output_dtype); cache: the model's updated decode state (KVCache here,
+    KimiCache for Kimi Linear) or None. Shared by every model family."""
 
     logits: jax.Array
-    cache: KVCache | None = None
+    cache: Any = None
 
 
 def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype: Any = jnp.float32) -> KVCache:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from jaxstack.config import to_dict
 from jaxstack.models.configs import LlamaConfig
-from jaxstack.models.llama import LlamaForCausalLM
+from jaxstack.models import build_model
 from jaxstack.precision import get_policy
 from jaxstack.train import sharding as sharding_lib
 from jaxstack.train.checkpoint import Checkpointer
@@ -155,13 +155,15 @@ _INIT_FREE_FIELDS = ("attention_implementation", "scan_layers", "remat", "initia
                      "eos_token_id", "max_position_embeddings")
 
 
-def initial_model(model_config: LlamaConfig, train_config: TrainConfig, policy) -> LlamaForCausalLM:
+def initial_model(model_config, train_config: TrainConfig, policy) -> nnx.Module:
     """The model a run starts from: a random init (seeded by ``train.seed``), or the parameters of
     the HF directory ``train.init_from``. Raises ValueError naming each field where the directory's
     config.json disagrees with ``model_config`` (``model.hidden_size: 64 in DIR/config.json, 192 in the
     model config``), a missing config.json, or a checkpoint error (missing tensor, wrong shape)."""
     if train_config.init_from is None:
-        return LlamaForCausalLM(model_config, policy=policy, rngs=nnx.Rngs(train_config.seed))
+        return build_model(model_config, policy=policy, rngs=nnx.Rngs(train_config.seed))
+    if not isinstance(model_config, LlamaConfig):
+        raise ValueError(f"train.init_from: supported for Llama-family models, not {type(model_config).__name__}")
     from jaxstack.models.hf import config_from_hf, load_pretrained
 
     path = pathlib.Path(train_config.init_from)
@@ -180,8 +182,17 @@ def initial_model(model_config: LlamaConfig, train_config: TrainConfig, policy) 
     return model
 
 
+def _flops_per_token(model_config, seq_len: int) -> float:
+    """Training FLOPs per token for the MFU estimate (6 x activated parameters where a family has no
+    finer formula)."""
+    if hasattr(model_config, "flops_per_token"):
+        return model_config.flops_per_token(seq_len)
+    counts = model_config.num_params()
+    return 6.0 * (counts["activated"] if isinstance(counts, dict) else counts)
+
+
 def train(
-    model_config: LlamaConfig,
+    model_config,
     train_config: TrainConfig,
     optimizer_config: OptimizerConfig,
     data: Iterator[dict[str, np.ndarray]],
@@ -190,9 +201,10 @@ def train(
     eval_data: Callable[[], Iterator[dict[str, np.ndarray]]] | None = None,
     extra_config: dict[str, Any] | None = None,
     show_progress: bool = True,
-) -> tuple[LlamaForCausalLM, dict[str, Any]]:
+) -> tuple[nnx.Module, dict[str, Any]]:
     """Trains (or resumes training) and returns (model, summary).
 
+    model_config: a LlamaConfig or KimiLinearConfig (see ``jaxstack.models.build_model``).
     data: a Grain ``DatasetIterator`` (checkpointable) of {"tokens": [B, seq_len + 1]} batches.
     eval_data: a callable returning a fresh iterator of held-out batches (evaluated every eval_every).
     """
@@ -250,7 +262,7 @@ def train(
                 total, count = total + float(loss) * float(n), count + float(n)
             return total / max(count, 1.0)
 
-    flops_per_token = model_config.flops_per_token(train_config.seq_len)
+    flops_per_token = _flops_per_token(model_config, train_config.seq_len)
     peak = peak_tflops_per_device(train_config.peak_tflops) * 1e12 * jax.device_count()
     end = train_config.steps if train_config.stop_after is None else min(train_config.stop_after, train_config.steps)
     bar = tqdm(total=train_config.steps, initial=start, desc="train", unit="step", disable=not (show_progress and main_process),
