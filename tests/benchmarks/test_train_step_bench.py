@@ -37,6 +37,7 @@ def test_quick_jaxstack_half(tmp_path):
 
 
 @pytest.mark.oracle
+@pytest.mark.slow
 def test_quick_both_halves(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")

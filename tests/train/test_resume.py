@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 
 ARGS = [
     "--model", "llama-test", "--model.vocab_size=512", "--train.steps=20", "--train.batch_size=4",
@@ -49,6 +51,7 @@ def test_resume_is_bit_exact(tmp_path):
     assert a == b
 
 
+@pytest.mark.slow
 def test_different_seed_changes_losses(tmp_path):
     """The comparison above can fail: a different data/init seed gives different losses."""
     _train(tmp_path / "a", "--train.steps=3", "--train.stop_after=3")
