@@ -7,7 +7,8 @@ CPU (default; what CI machines can run):
 
   Times the chunked XLA path (``backend="xla"``) against the token-recurrence reference
   (``backend="reference"``), forward and forward+backward (grad wrt q, k, v, g, beta), float32,
-  B=1, H=4, K=V=64. Both are measured in the same run; the JSON records the ratios. Issue 3 target:
+  B=1, H=4, K=V=64. Both are measured in the same run, interleaved round-robin, with the 1-minute load
+  average recorded per row; the JSON records the ratios. Issue 3 target:
   xla >= 5x faster than reference at T=4096 forward+backward.
 
 GPU (prepared, not yet run here; needs jax[cuda] on an NVIDIA GPU):
@@ -80,30 +81,49 @@ def _fns(backend, **kw):
     return fwd, bwd
 
 
-def run_cpu(Ts, reps, out):
+def _time_interleaved(fns, args, reps):
+    """Median ms per function, the functions run round-robin (one rep of each per round) so that load
+    changes on a shared machine hit all of them alike; also the min (least-disturbed) time."""
+    for fn in fns.values():
+        jax.block_until_ready(fn(*args))        # compile + warm-up
+    ts = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            ts[name].append(time.perf_counter() - t0)
+    return ({n: statistics.median(v) * 1e3 for n, v in ts.items()},
+            {n: min(v) * 1e3 for n, v in ts.items()})
+
+
+def run_cpu(Ts, reps, out, chunk_size=None):
     B, H, K, V = 1, 4, 64, 64
     rows = []
     for T in Ts:
         args = _inputs(B, T, H, K, V, jnp.float32)
         ref_f, ref_b = _fns("reference")
-        xla_f, xla_b = _fns("xla")
+        xla_f, xla_b = _fns("xla", chunk_size=chunk_size)
+        load_before = os.getloadavg()
+        med, best = _time_interleaved({"reference_fwd": ref_f, "xla_fwd": xla_f,
+                                       "reference_fwd_bwd": ref_b, "xla_fwd_bwd": xla_b}, args, reps)
         row = dict(T=T)
-        row["reference_fwd_ms"] = _time(ref_f, *args, reps=reps)
-        row["xla_fwd_ms"] = _time(xla_f, *args, reps=reps)
-        row["reference_fwd_bwd_ms"] = _time(ref_b, *args, reps=reps)
-        row["xla_fwd_bwd_ms"] = _time(xla_b, *args, reps=reps)
-        row["speedup_fwd"] = row["reference_fwd_ms"] / row["xla_fwd_ms"]
-        row["speedup_fwd_bwd"] = row["reference_fwd_bwd_ms"] / row["xla_fwd_bwd_ms"]
+        row.update({f"{n}_ms": v for n, v in med.items()})
+        row["speedup_fwd"] = med["reference_fwd"] / med["xla_fwd"]
+        row["speedup_fwd_bwd"] = med["reference_fwd_bwd"] / med["xla_fwd_bwd"]
+        row["speedup_fwd_bwd_min_times"] = best["reference_fwd_bwd"] / best["xla_fwd_bwd"]
+        row["loadavg_1m_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
         print(json.dumps(row), flush=True)
         rows.append(row)
     result = dict(
         benchmark="kda xla-chunk vs reference (CPU)",
         command="python benchmarks/kda.py --cpu-T " + " ".join(map(str, Ts)),
-        shape=dict(B=B, H=H, K=K, V=V, dtype="float32", chunk_size=64),
-        method=f"jit, one warm-up, median of {reps} runs; fwd+bwd = grad wrt q,k,v,g,beta of sum(o)",
+        shape=dict(B=B, H=H, K=K, V=V, dtype="float32", chunk_size=chunk_size or 64),
+        method=(f"jit, one warm-up, then {reps} rounds running the four functions round-robin; median "
+                "per function (speedup_fwd_bwd_min_times: ratio of the fastest runs); fwd+bwd = grad "
+                "wrt q,k,v,g,beta of sum(o)"),
         host=dict(platform=platform.platform(), cpu_count=os.cpu_count(), python=platform.python_version(),
                   jax=jax.__version__, backend=jax.default_backend(),
-                  note="shared 2-core machine; other jobs may have been running"),
+                  note="shared 2-core machine; other jobs were running (see loadavg per row)"),
         target="xla >= 5x reference at T=4096 fwd+bwd (issue 3)",
         rows=rows,
     )
@@ -214,13 +234,14 @@ def main():
     p.add_argument("--gpu-T", type=int, nargs="+", default=[4096, 16384, 65536, 262144])
     p.add_argument("--gpu-bwd-T", type=int, nargs="+", default=[4096, 16384, 65536])
     p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--chunk-size", type=int, default=None, help="CPU: chunk size of the xla path (default 64)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     if a.gpu:
         run_gpu(a.gpu_H, a.gpu_T, set(a.gpu_bwd_T), a.reps or 20,
                 a.out or str(ROOT / "benchmarks/results/kda_gpu.json"))
     else:
-        run_cpu(a.cpu_T, a.reps or 5, a.out or str(ROOT / "benchmarks/results/kda_cpu.json"))
+        run_cpu(a.cpu_T, a.reps or 5, a.out or str(ROOT / "benchmarks/results/kda_cpu.json"), a.chunk_size)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytest
 from jax.test_util import check_grads
 
 from jaxstack.pallas_kernels.kda import kda, kda_chunk, kda_reference
-from jaxstack.pallas_kernels.kda.chunk import intra_chunk, unit_lower_inverse
+from jaxstack.pallas_kernels.kda.chunk import decay_gram, intra_chunk, unit_lower_inverse
 from jaxstack.testing import TOLERANCES, Tolerance, assert_close
 from kda_testutil import GRAD_NAMES, forward, grads, make_inputs, x64
 
@@ -103,6 +103,34 @@ def test_intra_chunk_subchunk_factoring_equals_dense_masked_form():
         i, j = np.tril_indices(64, -1)
         dense_kk[i, j] = beta[i] * np.einsum("pk,pk,pk->p", k[i], k[j], np.exp(diff[i, j]))
         assert_close(dense_kk, Akk, dtype="float64", name="Akk")
+
+
+@pytest.mark.parametrize("C, sub_chunk, gate", [(64, 8, 30.0), (24, 16, 1.0)],
+                         ids=["ladder-C64-BC8-strong", "gcd-C24-BC8"])
+def test_decay_gram_and_its_handwritten_vjp_equal_dense_masked_form(C, sub_chunk, gate):
+    # decay_gram (reference-point factoring + hand-written VJP) against autodiff of the dense masked
+    # [C, C, K] form; gate 30 puts in-chunk exponents far below -700, where any exp of a positive exponent
+    # (an unmasked or wrongly factored pair) would overflow to inf and show up as NaN / mismatch.
+    rng = np.random.default_rng(11)
+    N, K = 2, 6
+    with x64():
+        x = jnp.asarray(rng.standard_normal((N, 2, C, K)))
+        k = jnp.asarray(rng.standard_normal((N, C, K)))
+        G = jnp.cumsum(-gate * jnp.logaddexp(0.0, jnp.asarray(rng.standard_normal((N, C, K)))), axis=1)
+        W = jnp.asarray(rng.standard_normal((N, 2, C, C)))
+
+        def dense(x, k, G):
+            diff = G[:, :, None, :] - G[:, None, :, :]
+            E = jnp.exp(jnp.where(jnp.tril(jnp.ones((C, C), bool))[..., None], diff, -jnp.inf))
+            return jnp.einsum("nsik,njk,nijk->nsij", x, k, E)
+
+        fast = functools.partial(decay_gram, sub_chunk=sub_chunk)
+        assert_close(dense(x, k, G), fast(x, k, G), tol=FP64_EXACT, name="A")
+        g_dense = jax.grad(lambda *a: jnp.sum(W * dense(*a)), argnums=(0, 1, 2))(x, k, G)
+        g_fast = jax.grad(lambda *a: jnp.sum(W * fast(*a)), argnums=(0, 1, 2))(x, k, G)
+        for name, a, b in zip(("dx", "dk", "dG"), g_dense, g_fast):
+            assert np.all(np.isfinite(np.asarray(b))), name
+            assert_close(a, b, dtype="float64", name=name)
 
 
 @pytest.mark.parametrize("backend", ["reference", "xla"])

@@ -11,63 +11,99 @@ chunk (so ``G`` is non-increasing along the chunk, ``G <= 0``)::
     O  = (Q * exp(G)) S + Aqk Vn
     S' = Diag(exp(G_C)) S + (K * exp(G_C - G))^T Vn                  (G_C = the chunk's last row of G)
 
+Work layout: everything except the state recurrence is batched over all chunks at once (einsums with
+a chunk axis); the ``lax.scan`` over chunks only carries the state (``Vn = U - W S`` and the state
+update, two ``[C, K] x [K, V]`` matmuls per step), and ``O`` is computed for all chunks afterwards from
+the stacked per-chunk entering states (fla's chunk algorithm).
+
 Numerics (why the code looks the way it does):
   * Pairwise decays ``exp(G_i - G_j)`` are only ever formed with ``i >= j`` (exponent <= 0). The chunk
-    is split into sub-chunks of ``BC = min(16, C)`` tokens:
+    is split into sub-chunks of ``BC = gcd(C, 8)`` tokens (:func:`decay_gram`):
       - diagonal sub-chunk blocks are exact: the ``[BC, BC, K]`` exponent tensor is masked to ``-inf``
         *before* ``exp`` (masking after exp gives ``inf * 0 = NaN`` gradients at strong decay);
-      - off-diagonal blocks (row sub-chunk r > column sub-chunk c) factor the decay through a reference
-        point ``gn = G[first row of r]``: ``exp(G_i - gn) * exp(gn - G_j)``, both exponents <= 0 because
-        the column tokens precede ``gn`` and the row tokens follow it. So nothing overflows even for the
-        unbounded softplus gate, and the pairwise tensors are ``[C, BC, K]`` and ``[C/BC, C, K]`` per chunk instead of ``[C, C, K]``.
-  * ``Tinv`` is computed by forward substitution with a closed-form VJP (``dL = -tril(T^T dT T^T, -1)``)
-    so reverse mode does not store C intermediate matrices.
-  * The whole function is ``jax.checkpoint``-ed and the chunk scan body too: the backward stores only
-    the inputs and one ``[K, V]`` state per chunk.
+      - off-diagonal blocks (row sub-chunk r > column sub-chunk c) factor the decay through two
+        reference points, ``b_r = G[first row of r]`` and ``e_c = G[last row of c]``:
+        ``exp(G_i - b_r) * exp(b_r - e_c) * exp(e_c - G_j)``, all three exponents <= 0 (the middle one
+        masked to -inf before exp when r <= c). Nothing overflows even for the unbounded softplus
+        gate; the only exps are ``C*BC*K + O(C*K)`` per chunk, and each row sub-chunk is one
+        ``[BC, K] x [K, C]`` matmul.
+    Their VJP is hand-written (recompute the factors; ``dG = q*dq + k*dk_lhs - k*dk_rhs``, exact for
+    the pairwise form, so no gradient flows through the reference points).
+  * ``Tinv`` is a blocked forward substitution (8-row diagonal blocks merged with matmuls) with a
+    closed-form VJP (``dL = -tril(T^T dT T^T, -1)``).
+  * The function is ``jax.checkpoint``-ed with a policy that keeps only Aqk, Akk, Tinv ([C, C] per
+    chunk) and the states / pseudo-values of the chunk scan (``[K, V]`` per chunk, ``[C, V]`` per
+    chunk): the backward recomputes the cheap elementwise parts but neither the intra-chunk matrices
+    nor the sequential scan. Memory is O(T * (C + V) + T / C * K * V) per head, as fla's kernels store.
 Computation is float32 (float64 for float64 inputs); the state and the gate cumsum never leave it.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxstack.pallas_kernels.kda import _common
 
 _HI = lax.Precision.HIGHEST
-# Sub-chunk length. The exact diagonal blocks cost C*BC*K exps per chunk and the factored
-# off-diagonal ones C*C/BC*K; BC = 8 ~ sqrt(64) balances the two (measured fastest on CPU).
+# Sub-chunk length BC of the intra-chunk factoring (BC = gcd(C, SUB_CHUNK)). Diagonal sub-chunk blocks
+# cost C*BC*K exps per chunk (exact, elementwise); the off-diagonal blocks are batched matmuls through
+# reference points. 8 measured fastest on CPU at C = 32 and 64 (16: the exact blocks cost more than
+# the larger matmuls save; 4: too many tiny matmuls).
 SUB_CHUNK = 8
+# chunk_size must be a multiple of this (or a power of two below it).
+_CHUNK_MULTIPLE = 8
 
 
 def _einsum(spec, *xs):
     return jnp.einsum(spec, *xs, precision=_HI)
 
 
+def _sub_chunk(C, sub_chunk):
+    return math.gcd(int(C), int(sub_chunk))
+
+
 @jax.custom_vjp
 def unit_lower_inverse(L):
-    """``(I + L)^-1`` for strictly lower-triangular ``L`` (``[..., C, C]``) by forward substitution.
+    """``(I + L)^-1`` for strictly lower-triangular ``L`` (``[..., C, C]``).
 
-    Only the strict lower triangle of ``L`` is read. Row i of ``X = (I + L)^-1`` is
-    ``e_i - L[i, :i] X[:i]``; rows are produced in order.
+    Only the strict lower triangle of ``L`` is read. Diagonal blocks of up to 8 rows are inverted by
+    forward substitution (row i of ``X`` is ``e_i - L[i, :i] X[:i]``); blocks are then merged
+    pairwise with matmuls, ``[[A, 0], [B, D]]^-1 = [[A^-1, 0], [-D^-1 B A^-1, D^-1]]``.
     """
     return _unit_lower_inverse_fwd(L)[0]
 
 
-def _unit_lower_inverse_fwd(L):
+def _substitute(L):
     C = L.shape[-1]
-    L = jnp.tril(L, -1)
     eye = jnp.eye(C, dtype=L.dtype)
-    X0 = jnp.broadcast_to(eye, L.shape)
+    X = jnp.broadcast_to(eye, L.shape)
+    for i in range(1, C):                                    # static: C <= 8
+        xi = eye[i] - jnp.einsum("...m,...mn->...n", L[..., i, :i], X[..., :i, :], precision=_HI)
+        X = X.at[..., i, :].set(xi)
+    return X
 
-    def row(i, X):
-        Li = lax.dynamic_index_in_dim(L, i, axis=L.ndim - 2, keepdims=False)   # [..., C], zero for >= i
-        ei = lax.dynamic_index_in_dim(eye, i, axis=0, keepdims=False)
-        xi = ei - jnp.einsum("...m,...mn->...n", Li, X, precision=_HI)
-        return lax.dynamic_update_index_in_dim(X, xi, i, axis=X.ndim - 2)
 
-    X = lax.fori_loop(1, C, row, X0)
+def _blocked_inverse(L):
+    C = L.shape[-1]
+    if C <= 8 or C % 2:
+        return _substitute(L)
+    h = C // 2
+    Ai = _blocked_inverse(L[..., :h, :h])
+    Di = _blocked_inverse(L[..., h:, h:])
+    Bi = -_einsum("...ij,...jk,...kl->...il", Di, L[..., h:, :h], Ai)
+    top = jnp.concatenate([Ai, jnp.zeros_like(Ai)], axis=-1)
+    return jnp.concatenate([top, jnp.concatenate([Bi, Di], axis=-1)], axis=-2)
+
+
+def _unit_lower_inverse_fwd(L):
+    X = _blocked_inverse(jnp.tril(L, -1))
+    X = checkpoint_name(X, "kda_Tinv")
     return X, X
 
 
@@ -80,48 +116,129 @@ def _unit_lower_inverse_bwd(X, dX):
 unit_lower_inverse.defvjp(_unit_lower_inverse_fwd, _unit_lower_inverse_bwd)
 
 
+def _in_chunk_cumsum(g):
+    """``cumsum`` over the chunk axis (-2) as a matmul with a lower-triangular ones matrix: one
+    batched GEMM (XLA:CPU's cumsum is several times slower at these shapes)."""
+    C = g.shape[-2]
+    return _einsum("ij,...jk->...ik", jnp.tril(jnp.ones((C, C), g.dtype)), g)
+
+
+# --------------------------------------------------------------------------------------------------
+# The decay-weighted Gram matrices, with a hand-written VJP.
+#
+#   A[s, i, j] = sum_d x[s, i, d] k[j, d] exp(G[i, d] - G[j, d])   for i >= j (0 above the diagonal)
+#
+# for S stacked left operands x (here q and k), per chunk. Sub-chunks of BC rows:
+#   * diagonal BC x BC blocks: exact, exponent masked to -inf before exp ([N, NC, BC, BC, K] exps);
+#   * off-diagonal blocks (row block r > column block c) through two reference points, b_r = G at
+#     the first row of r and e_c = G at the last row of c (e_c >= b_r since c precedes r):
+#       exp(G_i - G_j) = exp(G_i - b_r) * exp(b_r - e_c) * exp(e_c - G_j),
+#     all three exponents <= 0, so nothing overflows for any gate. The middle factor only depends on
+#     the block pair, so the k-side tensor for row block r is (m[r, c(j)] * k_j exp(e_c - G_j)) and
+#     every row block is one [S*BC, K] x [K, C] matmul; exps are O(C*K + NC^2*K) per chunk.
+# The backward recomputes these factors (residuals = the inputs) and uses
+#   dG = sum_s x_s * dx_s - k * dk,
+# which holds for the exact pairwise form, so no derivative flows through the reference points.
+# --------------------------------------------------------------------------------------------------
+
+
+def _ladder(G, BC):
+    """``G [N, C, K]`` -> ``row [N, NC, BC, K] = exp(G_i - b_r)``, ``col = exp(e_c - G_j)`` and
+    ``m [N, NC(r), NC(c), K] = exp(b_r - e_c)`` for ``r > c`` (exponent masked to -inf otherwise)."""
+    N, C, K = G.shape
+    NC = C // BC
+    Gs = G.reshape(N, NC, BC, K)
+    b, e = Gs[:, :, :1], Gs[:, :, -1:]
+    rr = jnp.arange(NC)
+    lower = (rr[:, None] > rr[None, :])[..., None]
+    m = jnp.exp(jnp.where(lower, b[:, :, None, 0] - e[:, None, :, 0], -jnp.inf))
+    return jnp.exp(Gs - b), jnp.exp(e - Gs), m
+
+
+def _diag_decay(G, BC):
+    """Exact in-sub-chunk decays ``exp(G_i - G_j)``, ``i >= j``, with the exponent masked to -inf
+    before exp (0 above the diagonal): ``[N, NC, BC, BC, K]``."""
+    N, C, K = G.shape
+    Gs = G.reshape(N, C // BC, BC, K)
+    ii = jnp.arange(BC)[:, None]
+    jj = jnp.arange(BC)[None, :]
+    return jnp.exp(jnp.where((ii >= jj)[..., None], Gs[:, :, :, None] - Gs[:, :, None], -jnp.inf))
+
+
+def _gram_impl(BC, x, k, G):
+    N, S, C, K = x.shape
+    NC = C // BC
+    xs = x.reshape(N, S, NC, BC, K)
+    ks = k.reshape(N, NC, BC, K)
+    Ad = _einsum("nsrik,nrijk->nsrij", xs, ks[:, :, None] * _diag_decay(G, BC))   # [N, S, NC, BC, BC]
+    eye = jnp.eye(NC, dtype=x.dtype)[:, None, :, None]
+    A = (Ad[..., :, :, None, :] * eye).reshape(N, S, C, C)                          # block diagonal
+    if NC > 1:
+        row, col, m = _ladder(G, BC)
+        kt = (m[:, :, :, None, :] * (ks * col)[:, None]).reshape(N, NC, C, K)     # [N, NC(r), C, K]
+        A = A + _einsum("nsrik,nrjk->nsrij", xs * row[:, None], kt).reshape(N, S, C, C)
+    return A
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _gram(BC, x, k, G):
+    return _gram_impl(BC, x, k, G)
+
+
+def _gram_fwd(BC, x, k, G):
+    return _gram_impl(BC, x, k, G), (x, k, G)
+
+
+def _gram_bwd(BC, res, dA):
+    x, k, G = res
+    N, S, C, K = x.shape
+    NC = C // BC
+    xs = x.reshape(N, S, NC, BC, K)
+    ks = k.reshape(N, NC, BC, K)
+    # Diagonal blocks (entries above the diagonal meet E = 0, so dA needs no mask).
+    dAd = jnp.einsum("nsricj,rc->nsrij", dA.reshape(N, S, NC, BC, NC, BC), jnp.eye(NC, dtype=dA.dtype))
+    E = _diag_decay(G, BC)
+    dx = jnp.sum(dAd[..., None] * (ks[:, :, None] * E)[:, None], axis=-2)
+    dk = jnp.sum(_einsum("nsrij,nsrik->nrijk", dAd, xs) * E, axis=2)
+    if NC > 1:
+        # Off-diagonal blocks (m = 0 for c >= r, so again no mask on dA).
+        row, col, m = _ladder(G, BC)
+        kt = (m[:, :, :, None, :] * (ks * col)[:, None]).reshape(N, NC, C, K)
+        dAo = dA.reshape(N, S, NC, BC, C)
+        dx = dx + _einsum("nsrij,nrjk->nsrik", dAo, kt) * row[:, None]
+        dkt = _einsum("nsrij,nsrik->nrjk", dAo, xs * row[:, None]).reshape(N, NC, NC, BC, K)
+        dk = dk + jnp.einsum("nrcjk,nrck->ncjk", dkt, m) * col
+    dx = dx.reshape(N, S, C, K)
+    dk = dk.reshape(N, C, K)
+    dG = jnp.sum(x * dx, axis=1) - k * dk
+    return dx, dk, dG
+
+
+_gram.defvjp(_gram_fwd, _gram_bwd)
+
+
+def decay_gram(x, k, G, sub_chunk=SUB_CHUNK):
+    """``A[..., s, i, j] = sum_d x[..., s, i, d] k[..., j, d] exp(G[..., i, d] - G[..., j, d])`` for
+    ``i >= j``, else 0. ``x [..., S, C, K]``, ``k``/``G [..., C, K]`` -> ``[..., S, C, C]``."""
+    S, C, K = x.shape[-3:]
+    bshape = x.shape[:-3]
+    n = math.prod(bshape)
+    BC = _sub_chunk(C, sub_chunk)
+    A = _gram(BC, x.reshape(n, S, C, K), k.reshape(n, C, K), G.reshape(n, C, K))
+    return A.reshape(bshape + (S, C, C))
+
+
 def intra_chunk(q, k, g, beta, sub_chunk=SUB_CHUNK):
     """Per-chunk matrices. Inputs ``[..., C, K]`` (``beta [..., C]``) in the compute dtype.
 
     Returns ``(G, Aqk, Akk)``: ``G`` in-chunk cumsum ``[..., C, K]``; ``Aqk`` lower incl. diagonal and
     ``Akk`` strictly lower with beta folded into its rows, both ``[..., C, C]``.
     """
-    C, K = q.shape[-2:]
-    BC = min(sub_chunk, C)
-    if C % BC:
-        raise ValueError(f"chunk_size {C} must be a multiple of the sub-chunk size {BC}")
-    NC = C // BC
-    G = jnp.cumsum(g, axis=-2)
-    bshape = q.shape[:-2]
-    Gs, qs, ks = (x.reshape(bshape + (NC, BC, K)) for x in (G, q, k))
-
-    # Diagonal sub-chunk blocks: exact pairwise decay, masked to -inf before exp. One exp tensor serves
-    # both matrices (Akk differs only by excluding the diagonal, which is masked on the [BC, BC] result).
-    ii = jnp.arange(BC)[:, None]
-    jj = jnp.arange(BC)[None, :]
-    diff = Gs[..., :, None, :] - Gs[..., None, :, :]                 # [..., NC, BC(i), BC(j), K]
-    kD = ks[..., None, :, :] * jnp.exp(jnp.where((ii >= jj)[..., None], diff, -jnp.inf))
-    Aqk_d = _einsum("...nik,...nijk->...nij", qs, kD)
-    Akk_d = jnp.where(ii > jj, _einsum("...nik,...nijk->...nij", ks, kD), 0.0)
-
-    # Off-diagonal blocks through the reference point gn_r = G at the first row of sub-chunk r: row
-    # factor exp(G_i - gn_r) (row i follows gn_r) times column factor exp(gn_r - G_j) for the columns
-    # j < r * BC only (they precede gn_r); the others are masked to -inf before exp. Each row block is
-    # one [BC, K] x [K, C] matmul.
-    gn = Gs[..., :, :1, :]                                             # [..., NC, 1, K]
-    qn = qs * jnp.exp(Gs - gn)                                         # exponents <= 0
-    kn = ks * jnp.exp(Gs - gn)
-    before = (jnp.arange(C)[None, :] < (jnp.arange(NC) * BC)[:, None])[..., None]   # [NC, C, 1]
-    kt = k[..., None, :, :] * jnp.exp(jnp.where(before, gn - G[..., None, :, :], -jnp.inf))  # [.., NC, C, K]
-    Aqk_o = _einsum("...rik,...rjk->...rij", qn, kt).reshape(bshape + (C, C))
-    Akk_o = _einsum("...rik,...rjk->...rij", kn, kt).reshape(bshape + (C, C))
-
-    def block_diag(d):                                                 # [..., NC, BC, BC] -> [..., C, C]
-        eye = jnp.eye(NC, dtype=d.dtype)[:, None, :, None]
-        return (d[..., :, :, None, :] * eye).reshape(bshape + (C, C))
-
-    Aqk = Aqk_o + block_diag(Aqk_d)
-    Akk = (Akk_o + block_diag(Akk_d)) * beta[..., :, None]
+    G = _in_chunk_cumsum(g)
+    A = decay_gram(jnp.stack([q, k], axis=-3), k, G, sub_chunk)
+    C = q.shape[-2]
+    Aqk = A[..., 0, :, :]
+    Akk = jnp.where(jnp.tril(jnp.ones((C, C), bool), -1), A[..., 1, :, :], 0) * beta[..., :, None]
     return G, Aqk, Akk
 
 
@@ -142,6 +259,7 @@ def chunk_core(q, k, v, g, beta, h0, *, scale, segments=None, sub_chunk=SUB_CHUN
 
 def _chunk_prep(q, k, v, g, beta, scale, sub_chunk):
     G, Aqk, Akk = intra_chunk(q, k, g, beta, sub_chunk)
+    Aqk, Akk = _name(Aqk, "kda_Aqk"), _name(Akk, "kda_Akk")
     Tinv = unit_lower_inverse(Akk)
     eG = jnp.exp(G)
     GC = G[..., -1:, :]
@@ -152,39 +270,52 @@ def _chunk_prep(q, k, v, g, beta, scale, sub_chunk):
     return Aqk * scale, W, U, qg, kg, jnp.exp(GC[..., 0, :])
 
 
+def _name(x, name):
+    return checkpoint_name(x, name)
+
+
+# What the backward keeps from the forward (everything else is recomputed from the inputs): the
+# per-chunk matrices Aqk, Akk, (I + Akk)^-1 ([C, C] per chunk), the state entering each chunk ([K, V]
+# per chunk) and the pseudo-values Vn ([C, V] per chunk), i.e. O(T * (C + V) + T / C * K * V) per head.
+# This keeps the backward from re-running the intra-chunk work and the sequential state scan.
+_SAVED = ("kda_Aqk", "kda_Akk", "kda_Tinv", "kda_states")
+
+
 def _chunk_core(q, k, v, g, beta, h0, segments, *, scale, sub_chunk):
     # Static config goes through a closure so jax.checkpoint sees only arrays.
     def run(q, k, v, g, beta, h0, segments):
         Aqk, W, U, qg, kg, gC = _chunk_prep(q, k, v, g, beta, scale, sub_chunk)
-        xs = tuple(jnp.moveaxis(x, 2, 0) for x in (Aqk, W, U, qg, kg, gC))   # chunk-major
+        xs = tuple(jnp.moveaxis(x, 2, 0) for x in (W, U, kg, gC))   # chunk-major
 
+        # The only sequential part: the state recurrence over chunks (two [C, K] x [K, V] matmuls per
+        # step). Outputs are batched over all chunks afterwards.
         def chunk_step(S, x):
-            Aqk_c, W_c, U_c, qg_c, kg_c, gC_c = x
-            Vn = U_c - _einsum("bhck,bhkv->bhcv", W_c, S)
-            o = _einsum("bhck,bhkv->bhcv", qg_c, S) + _einsum("bhij,bhjv->bhiv", Aqk_c, Vn)
-            S = gC_c[..., None] * S + _einsum("bhck,bhcv->bhkv", kg_c, Vn)
-            return S, o
+            W_c, U_c, kg_c, gC_c = x
+            Vn = _name(U_c - _einsum("bhck,bhkv->bhcv", W_c, S), "kda_states")
+            return gC_c[..., None] * S + _einsum("bhck,bhcv->bhkv", kg_c, Vn), S
 
-        step = jax.checkpoint(chunk_step)
         if segments is None:
-            S, o = lax.scan(step, h0, xs)
-            final = S
+            final, S_in = lax.scan(chunk_step, h0, xs)
         else:
             def seg_step(carry, x):
                 S, finals = carry
                 xc, n, first, last = x
                 S = jnp.where(first, h0[n][None], S)
-                S, o = step(S, xc)
+                S, S_c = chunk_step(S, xc)
                 finals = lax.dynamic_update_index_in_dim(
                     finals, jnp.where(last, S[0], finals[n]), n, 0)
-                return (S, finals), o
+                return (S, finals), S_c
 
             S0 = jnp.zeros((1,) + h0.shape[1:], h0.dtype)
-            (_, final), o = lax.scan(seg_step, (S0, h0),
-                                     (xs, segments.seq, segments.first, segments.last))
-        return jnp.moveaxis(o, 0, 2), final
+            (_, final), S_in = lax.scan(seg_step, (S0, h0),
+                                        (xs, segments.seq, segments.first, segments.last))
+        S_in = _name(jnp.moveaxis(S_in, 0, 2), "kda_states")           # [B, H, NT, K, V]
+        Vn = U - _einsum("...ck,...kv->...cv", W, S_in)
+        o = _einsum("...ck,...kv->...cv", qg, S_in) + _einsum("...ij,...jv->...iv", Aqk, Vn)
+        return o, final
 
-    return jax.checkpoint(run)(q, k, v, g, beta, h0, segments)
+    policy = jax.checkpoint_policies.save_only_these_names(*_SAVED)
+    return jax.checkpoint(run, policy=policy)(q, k, v, g, beta, h0, segments)
 
 
 def kda_chunk(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
@@ -208,8 +339,9 @@ def run_chunked(core, q, k, v, g, beta, *, scale, initial_state, output_final_st
     :func:`chunk_core`).
     """
     C = int(chunk_size)
-    if C < 1 or (C > SUB_CHUNK and C % SUB_CHUNK) or (C < SUB_CHUNK and C & (C - 1)):
-        raise ValueError(f"kda: chunk_size must be a multiple of {SUB_CHUNK} (or a power of two below), got {C}")
+    M = _CHUNK_MULTIPLE
+    if C < 1 or (C > M and C % M) or (C < M and C & (C - 1)):
+        raise ValueError(f"kda: chunk_size must be a multiple of {M} (or a power of two below), got {C}")
     B, T, H, K = q.shape
     V = v.shape[-1]
     cd = compute_dtype or _common.compute_dtype(q, k, v, g, beta)
@@ -240,4 +372,4 @@ def run_chunked(core, q, k, v, g, beta, *, scale, initial_state, output_final_st
     return o.astype(out_dtype), (final if output_final_state else None)
 
 
-__all__ = ["kda_chunk", "chunk_core", "intra_chunk", "unit_lower_inverse", "run_chunked"]
+__all__ = ["kda_chunk", "chunk_core", "intra_chunk", "decay_gram", "unit_lower_inverse", "run_chunked"]
