@@ -79,12 +79,12 @@ def dot_product_attention(
     is_causal: bool,
     sliding_window: int | None,
     implementation: Implementation,
-    policy: DtypePolicy,
 ) -> jax.Array:
     """q: [B, T, H, hd]; k, v: [B, S, KV, hd] with H % KV == 0. Returns [B, T, H, hd].
 
-    Dispatches to ``jax.nn.dot_product_attention`` (XLA or cuDNN). The XLA path computes logits and
-    softmax in float32 for half-precision inputs (``preferred_element_type``) so policy.accum holds.
+    Dispatches to ``jax.nn.dot_product_attention`` (XLA or cuDNN). Its XLA path accumulates the logits
+    in float32 for half-precision inputs and always runs the softmax in float32, which is the
+    float32-softmax rule of DtypePolicy.
     """
     local_window = None
     if is_causal and sliding_window is not None:
@@ -202,7 +202,6 @@ class Attention(nnx.Module):
             is_causal=is_causal,
             sliding_window=self.sliding_window,
             implementation=self.implementation,
-            policy=self.policy,
         )
         y = jnp.einsum("btnh,nhd->btd", out, self.o_proj[...].astype(self.policy.compute_dtype))
         return y, new_cache
