@@ -11,6 +11,7 @@ EXPERIMENTS = {
     "agentfold": "experiments.agentfold",
     "gap": "experiments.gap",
     "adp": "experiments.adp",
+    "kimi-linear": "experiments.kimi_linear",
 }
 
 
