@@ -20,14 +20,13 @@ def _parse(value: str, annotation: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value.lower() in ("none", "null") and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _parse(value, arg, key)
-            except ValueError as error:
-                errors.append(str(error))
+            except ValueError:
+                continue
         raise ValueError(f"--{key}: cannot parse {value!r} as {annotation}")
     if annotation is bool:
         if value.lower() in ("true", "1", "yes"):

@@ -9,14 +9,9 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
+import grain
 import jax
 import orbax.checkpoint as ocp
-
-
-def _grain_handler():
-    import grain
-
-    return grain.checkpoint.CheckpointHandler()
 
 
 class Checkpointer:
@@ -24,7 +19,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int | None = 2, async_save: bool = True):
         self.directory = pathlib.Path(directory).absolute()
-        handlers = {"state": ocp.StandardCheckpointHandler(), "data": _grain_handler()}
+        handlers = {"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()}
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -37,8 +32,6 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state, data_iterator=None, *, force: bool = False) -> None:
-        import grain
-
         items: dict[str, Any] = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -47,8 +40,6 @@ class Checkpointer:
     def restore(self, abstract_state, data_iterator=None, step: int | None = None):
         """Restores into the structure (and shardings) of ``abstract_state``; the data iterator, if
         given, is moved to the saved position in place. Returns (state, step)."""
-        import grain
-
         step = self.manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"checkpoint: no checkpoint in {self.directory}")
