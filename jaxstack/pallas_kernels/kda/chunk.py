@@ -17,24 +17,29 @@ update, two ``[C, K] x [K, V]`` matmuls per step), and ``O`` is computed for all
 the stacked per-chunk entering states (fla's chunk algorithm).
 
 Numerics (why the code looks the way it does):
-  * Pairwise decays ``exp(G_i - G_j)`` are only ever formed with ``i >= j`` (exponent <= 0). The chunk
-    is split into sub-chunks of ``BC = gcd(C, 8)`` tokens (:func:`decay_gram`):
-      - diagonal sub-chunk blocks are exact: the ``[BC, BC, K]`` exponent tensor is masked to ``-inf``
-        *before* ``exp`` (masking after exp gives ``inf * 0 = NaN`` gradients at strong decay);
-      - off-diagonal blocks (row sub-chunk r > column sub-chunk c) factor the decay through two
-        reference points, ``b_r = G[first row of r]`` and ``e_c = G[last row of c]``:
-        ``exp(G_i - b_r) * exp(b_r - e_c) * exp(e_c - G_j)``, all three exponents <= 0 (the middle one
-        masked to -inf before exp when r <= c). Nothing overflows even for the unbounded softplus
-        gate; the only exps are ``C*BC*K + O(C*K)`` per chunk, and each row sub-chunk is one
-        ``[BC, K] x [K, C]`` matmul.
+  * Pairwise decays ``exp(G_i - G_j)`` are only ever formed with ``i >= j`` (exponent <= 0)
+    (:func:`decay_gram`):
+      - the chunk is cut into diagonal blocks of ``BC`` tokens (``C = BC * 2^m``) that are exact: the
+        ``[BC, BC, K]`` exponent tensor is masked to ``-inf`` *before* ``exp`` (masking after exp gives
+        ``inf * 0 = NaN`` gradients at strong decay);
+      - everything below them is a binary hierarchy of lower-left quadrants: in every 2h-block on the
+        diagonal, the h x h quadrant (rows of the second half, columns of the first) factors the decay
+        through two reference points, ``b = G[first row of the second half]`` and
+        ``e = G[last row of the first half]``: ``exp(G_i - b) * exp(b - e) * exp(e - G_j)``, all three
+        exponents <= 0. Nothing overflows even for the unbounded softplus gate; each level is one
+        batched ``[h, K] x [K, h]`` matmul, O(C * K) exps, and the matmuls only touch the lower
+        triangle.
     Their VJP is hand-written (recompute the factors; ``dG = q*dq + k*dk_lhs - k*dk_rhs``, exact for
     the pairwise form, so no gradient flows through the reference points).
   * ``Tinv`` is a blocked forward substitution (8-row diagonal blocks merged with matmuls) with a
     closed-form VJP (``dL = -tril(T^T dT T^T, -1)``).
-  * The function is ``jax.checkpoint``-ed with a policy that keeps only Aqk, Akk, Tinv ([C, C] per
-    chunk) and the states / pseudo-values of the chunk scan (``[K, V]`` per chunk, ``[C, V]`` per
-    chunk): the backward recomputes the cheap elementwise parts but neither the intra-chunk matrices
-    nor the sequential scan. Memory is O(T * (C + V) + T / C * K * V) per head, as fla's kernels store.
+  * The chunk-level state recurrence (:func:`state_scan`) has a hand-written VJP: a reverse scan that
+    carries ``dS`` (two matmuls per chunk, like the forward); the weight-style gradients are batched
+    over all chunks afterwards.
+  * The function is ``jax.checkpoint``-ed with a policy that keeps only the raw Gram ``[2, C, C]``,
+    ``Tinv`` ``[C, C]``, ``W``/``U`` ``[C, K + V]`` per chunk and the states entering each chunk
+    (``[K, V]`` per chunk): the backward recomputes the cheap elementwise parts but neither the
+    intra-chunk matrices nor the sequential scan. Memory is O(T * (C + K + V) + T / C * K * V) per head.
 Computation is float32 (float64 for float64 inputs); the state and the gate cumsum never leave it.
 """
 
@@ -51,11 +56,11 @@ from jax.ad_checkpoint import checkpoint_name
 from jaxstack.pallas_kernels.kda import _common
 
 _HI = lax.Precision.HIGHEST
-# Sub-chunk length BC of the intra-chunk factoring (BC = gcd(C, SUB_CHUNK)). Diagonal sub-chunk blocks
-# cost C*BC*K exps per chunk (exact, elementwise); the off-diagonal blocks are batched matmuls through
-# reference points. 8 measured fastest on CPU at C = 32 and 64 (16: the exact blocks cost more than
-# the larger matmuls save; 4: too many tiny matmuls).
-SUB_CHUNK = 8
+# Target size BC of the exact diagonal blocks (BC = C / 2^m, the smallest such size >= SUB_CHUNK; see
+# _sub_chunk). Diagonal blocks cost C*BC*K exps per chunk; everything below them is assembled from
+# lower-left quadrants, one batched matmul per level of the binary hierarchy. On CPU at C = 64, BC = 2
+# and 4 measured alike and both faster than 8 (the [BC, BC, K] exact tensor dominates at 8).
+SUB_CHUNK = 4
 # chunk_size must be a multiple of this (or a power of two below it).
 _CHUNK_MULTIPLE = 8
 
@@ -65,7 +70,12 @@ def _einsum(spec, *xs):
 
 
 def _sub_chunk(C, sub_chunk):
-    return math.gcd(int(C), int(sub_chunk))
+    """Diagonal block size BC = C / 2^m for the largest m with 2^m | C and C / 2^m >= sub_chunk
+    (C itself when sub_chunk >= C)."""
+    C, BC = int(C), int(C)
+    while BC % 2 == 0 and BC // 2 >= int(sub_chunk):
+        BC //= 2
+    return BC
 
 
 @jax.custom_vjp
@@ -128,36 +138,26 @@ def _in_chunk_cumsum(g):
 #
 #   A[s, i, j] = sum_d x[s, i, d] k[j, d] exp(G[i, d] - G[j, d])   for i >= j (0 above the diagonal)
 #
-# for S stacked left operands x (here q and k), per chunk. Sub-chunks of BC rows:
-#   * diagonal BC x BC blocks: exact, exponent masked to -inf before exp ([N, NC, BC, BC, K] exps);
-#   * off-diagonal blocks (row block r > column block c) through two reference points, b_r = G at
-#     the first row of r and e_c = G at the last row of c (e_c >= b_r since c precedes r):
-#       exp(G_i - G_j) = exp(G_i - b_r) * exp(b_r - e_c) * exp(e_c - G_j),
-#     all three exponents <= 0, so nothing overflows for any gate. The middle factor only depends on
-#     the block pair, so the k-side tensor for row block r is (m[r, c(j)] * k_j exp(e_c - G_j)) and
-#     every row block is one [S*BC, K] x [K, C] matmul; exps are O(C*K + NC^2*K) per chunk.
+# for S stacked left operands x (here q and k), per chunk, built bottom-up over a binary hierarchy of
+# blocks (C = BC * 2^m):
+#   * diagonal BC x BC blocks: exact, exponent masked to -inf before exp ([N, C/BC, BC, BC, K] exps);
+#   * then, for h = BC, 2 BC, ..., C/2, every 2h-block on the diagonal is assembled from its two
+#     h-blocks and its lower-left h x h quadrant (rows i in the second half, columns j in the first),
+#     which factors the decay through two reference points, b = G at the first row of the second half
+#     and e = G at the last row of the first half (e >= b since G is non-increasing):
+#       exp(G_i - G_j) = exp(G_i - b) * exp(b - e) * exp(e - G_j),
+#     all three exponents <= 0, so nothing overflows for any gate. Each quadrant is one
+#     [h, K] x [K, h] matmul (batched over all quadrants of the level); the elementwise work is
+#     O(C * K) per level, O(C * K * log2(C / BC)) in all, and the matmuls touch only the lower triangle.
 # The backward recomputes these factors (residuals = the inputs) and uses
 #   dG = sum_s x_s * dx_s - k * dk,
 # which holds for the exact pairwise form, so no derivative flows through the reference points.
 # --------------------------------------------------------------------------------------------------
 
 
-def _ladder(G, BC):
-    """``G [N, C, K]`` -> ``row [N, NC, BC, K] = exp(G_i - b_r)``, ``col = exp(e_c - G_j)`` and
-    ``m [N, NC(r), NC(c), K] = exp(b_r - e_c)`` for ``r > c`` (exponent masked to -inf otherwise)."""
-    N, C, K = G.shape
-    NC = C // BC
-    Gs = G.reshape(N, NC, BC, K)
-    b, e = Gs[:, :, :1], Gs[:, :, -1:]
-    rr = jnp.arange(NC)
-    lower = (rr[:, None] > rr[None, :])[..., None]
-    m = jnp.exp(jnp.where(lower, b[:, :, None, 0] - e[:, None, :, 0], -jnp.inf))
-    return jnp.exp(Gs - b), jnp.exp(e - Gs), m
-
-
 def _diag_decay(G, BC):
-    """Exact in-sub-chunk decays ``exp(G_i - G_j)``, ``i >= j``, with the exponent masked to -inf
-    before exp (0 above the diagonal): ``[N, NC, BC, BC, K]``."""
+    """Exact in-block decays ``exp(G_i - G_j)``, ``i >= j``, with the exponent masked to -inf before
+    exp (0 above the diagonal): ``G [N, C, K] -> [N, C/BC, BC, BC, K]``."""
     N, C, K = G.shape
     Gs = G.reshape(N, C // BC, BC, K)
     ii = jnp.arange(BC)[:, None]
@@ -165,19 +165,63 @@ def _diag_decay(G, BC):
     return jnp.exp(jnp.where((ii >= jj)[..., None], Gs[:, :, :, None] - Gs[:, :, None], -jnp.inf))
 
 
-def _gram_impl(BC, x, k, G):
+def _diag_blocks(x, k, G, BC):
+    """The exact diagonal ``BC x BC`` blocks: ``[N, S, C/BC, BC, BC]``."""
     N, S, C, K = x.shape
     NC = C // BC
+    E = _diag_decay(G, BC)
+    return _einsum("nsrik,nrijk->nsrij", x.reshape(N, S, NC, BC, K), k.reshape(N, NC, BC, K)[:, :, None] * E)
+
+
+def _diag_blocks_bwd(x, k, G, BC, dAd):
+    """VJP of :func:`_diag_blocks` wrt x and k (entries above the diagonal meet E = 0: no mask)."""
+    N, S, C, K = x.shape
+    NC = C // BC
+    E = _diag_decay(G, BC)
     xs = x.reshape(N, S, NC, BC, K)
     ks = k.reshape(N, NC, BC, K)
-    Ad = _einsum("nsrik,nrijk->nsrij", xs, ks[:, :, None] * _diag_decay(G, BC))   # [N, S, NC, BC, BC]
-    eye = jnp.eye(NC, dtype=x.dtype)[:, None, :, None]
-    A = (Ad[..., :, :, None, :] * eye).reshape(N, S, C, C)                          # block diagonal
-    if NC > 1:
-        row, col, m = _ladder(G, BC)
-        kt = (m[:, :, :, None, :] * (ks * col)[:, None]).reshape(N, NC, C, K)     # [N, NC(r), C, K]
-        A = A + _einsum("nsrik,nrjk->nsrij", xs * row[:, None], kt).reshape(N, S, C, C)
-    return A
+    dx = jnp.sum(dAd[..., None] * (ks[:, :, None] * E)[:, None], axis=-2)
+    dk = jnp.sum(_einsum("nsrij,nsrik->nrijk", dAd, xs) * E, axis=2)
+    return dx.reshape(N, S, C, K), dk.reshape(N, C, K)
+
+
+def _levels(C, BC):
+    """Quadrant sizes h of the hierarchy, bottom-up: BC, 2 BC, ..., C / 2."""
+    h, out = BC, []
+    while h < C:
+        out.append(h)
+        h *= 2
+    return out
+
+
+def _quadrant_factors(x, k, G, h):
+    """Left/right operands of the lower-left quadrants of size ``h``:
+    ``P [N, S, nb, h, K] = x_i exp(G_i - b)`` (rows of the second halves) and
+    ``Q [N, nb, h, K] = k_j exp(e - G_j) exp(b - e)`` (columns of the first halves), plus the two
+    factors alone (for the backward)."""
+    N, S, C, K = x.shape
+    nb = C // (2 * h)
+    Gs = G.reshape(N, nb, 2, h, K)
+    b, e = Gs[:, :, 1, :1], Gs[:, :, 0, -1:]
+    row = jnp.exp(Gs[:, :, 1] - b)
+    col = jnp.exp(e - Gs[:, :, 0]) * jnp.exp(b - e)
+    P = x.reshape(N, S, nb, 2, h, K)[:, :, :, 1] * row[:, None]
+    Q = k.reshape(N, nb, 2, h, K)[:, :, 0] * col
+    return P, Q, row, col
+
+
+def _gram_impl(BC, x, k, G):
+    N, S, C, K = x.shape
+    A = _diag_blocks(x, k, G, BC)                                                 # [N, S, NC, BC, BC]
+    for h in _levels(C, BC):
+        nb = C // (2 * h)
+        P, Q, _, _ = _quadrant_factors(x, k, G, h)
+        off = _einsum("nsbik,nbjk->nsbij", P, Q)                                  # [N, S, nb, h, h]
+        D = A.reshape(N, S, nb, 2, h, h)
+        top = jnp.concatenate([D[:, :, :, 0], jnp.zeros_like(off)], axis=-1)
+        bottom = jnp.concatenate([off, D[:, :, :, 1]], axis=-1)
+        A = jnp.concatenate([top, bottom], axis=-2)                               # [N, S, nb, 2h, 2h]
+    return A.reshape(N, S, C, C)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -192,24 +236,23 @@ def _gram_fwd(BC, x, k, G):
 def _gram_bwd(BC, res, dA):
     x, k, G = res
     N, S, C, K = x.shape
-    NC = C // BC
-    xs = x.reshape(N, S, NC, BC, K)
-    ks = k.reshape(N, NC, BC, K)
-    # Diagonal blocks (entries above the diagonal meet E = 0, so dA needs no mask).
-    dAd = jnp.einsum("nsricj,rc->nsrij", dA.reshape(N, S, NC, BC, NC, BC), jnp.eye(NC, dtype=dA.dtype))
-    E = _diag_decay(G, BC)
-    dx = jnp.sum(dAd[..., None] * (ks[:, :, None] * E)[:, None], axis=-2)
-    dk = jnp.sum(_einsum("nsrij,nsrik->nrijk", dAd, xs) * E, axis=2)
-    if NC > 1:
-        # Off-diagonal blocks (m = 0 for c >= r, so again no mask on dA).
-        row, col, m = _ladder(G, BC)
-        kt = (m[:, :, :, None, :] * (ks * col)[:, None]).reshape(N, NC, C, K)
-        dAo = dA.reshape(N, S, NC, BC, C)
-        dx = dx + _einsum("nsrij,nrjk->nsrik", dAo, kt) * row[:, None]
-        dkt = _einsum("nsrij,nsrik->nrjk", dAo, xs * row[:, None]).reshape(N, NC, NC, BC, K)
-        dk = dk + jnp.einsum("nrcjk,nrck->ncjk", dkt, m) * col
-    dx = dx.reshape(N, S, C, K)
-    dk = dk.reshape(N, C, K)
+    dx = jnp.zeros_like(x)
+    dk = jnp.zeros_like(k)
+    dB = dA.reshape(N, S, 1, C, C)              # the diagonal blocks still to be split, top-down
+    for h in reversed(_levels(C, BC)):
+        nb = C // (2 * h)
+        r = dB.reshape(N, S, nb, 2, h, 2, h)
+        d_off = r[:, :, :, 1, :, 0]                                               # [N, S, nb, h, h]
+        dB = jnp.stack([r[:, :, :, 0, :, 0], r[:, :, :, 1, :, 1]], axis=3).reshape(N, S, 2 * nb, h, h)
+        P, Q, row, col = _quadrant_factors(x, k, G, h)
+        dP = _einsum("nsbij,nbjk->nsbik", d_off, Q) * row[:, None]                # d x (second halves)
+        dQ = _einsum("nsbij,nsbik->nbjk", d_off, P) * col                         # d k (first halves)
+        dx = dx + jnp.stack([jnp.zeros_like(dP), dP], axis=3).reshape(N, S, C, K)
+        dk = dk + jnp.stack([dQ, jnp.zeros_like(dQ)], axis=2).reshape(N, C, K)
+    # Diagonal blocks (what is left of dA after the quadrants were split off).
+    ddx, ddk = _diag_blocks_bwd(x, k, G, BC, dB)
+    dx = dx + ddx
+    dk = dk + ddk
     dG = jnp.sum(x * dx, axis=1) - k * dk
     return dx, dk, dG
 
@@ -217,10 +260,11 @@ def _gram_bwd(BC, res, dA):
 _gram.defvjp(_gram_fwd, _gram_bwd)
 
 
-def decay_gram(x, k, G, sub_chunk=SUB_CHUNK):
+def decay_gram(x, k, G, sub_chunk=None):
     """``A[..., s, i, j] = sum_d x[..., s, i, d] k[..., j, d] exp(G[..., i, d] - G[..., j, d])`` for
     ``i >= j``, else 0. ``x [..., S, C, K]``, ``k``/``G [..., C, K]`` -> ``[..., S, C, C]``."""
     S, C, K = x.shape[-3:]
+    sub_chunk = SUB_CHUNK if sub_chunk is None else sub_chunk
     bshape = x.shape[:-3]
     n = math.prod(bshape)
     BC = _sub_chunk(C, sub_chunk)
@@ -228,21 +272,23 @@ def decay_gram(x, k, G, sub_chunk=SUB_CHUNK):
     return A.reshape(bshape + (S, C, C))
 
 
-def intra_chunk(q, k, g, beta, sub_chunk=SUB_CHUNK):
+def intra_chunk(q, k, g, beta, sub_chunk=None):
     """Per-chunk matrices. Inputs ``[..., C, K]`` (``beta [..., C]``) in the compute dtype.
 
     Returns ``(G, Aqk, Akk)``: ``G`` in-chunk cumsum ``[..., C, K]``; ``Aqk`` lower incl. diagonal and
     ``Akk`` strictly lower with beta folded into its rows, both ``[..., C, C]``.
     """
     G = _in_chunk_cumsum(g)
-    A = decay_gram(jnp.stack([q, k], axis=-3), k, G, sub_chunk)
+    # Named (saved by the chunk core's checkpoint policy) *before* beta is folded in: the gradient
+    # wrt beta needs the raw Gram, and saving only the product would make the backward re-run it.
+    A = _name(decay_gram(jnp.stack([q, k], axis=-3), k, G, sub_chunk), "kda_A")
     C = q.shape[-2]
     Aqk = A[..., 0, :, :]
     Akk = jnp.where(jnp.tril(jnp.ones((C, C), bool), -1), A[..., 1, :, :], 0) * beta[..., :, None]
     return G, Aqk, Akk
 
 
-def chunk_core(q, k, v, g, beta, h0, *, scale, segments=None, sub_chunk=SUB_CHUNK):
+def chunk_core(q, k, v, g, beta, h0, *, scale, segments=None, sub_chunk=None):
     """Chunked KDA on the chunk layout.
 
     Args:
@@ -259,12 +305,11 @@ def chunk_core(q, k, v, g, beta, h0, *, scale, segments=None, sub_chunk=SUB_CHUN
 
 def _chunk_prep(q, k, v, g, beta, scale, sub_chunk):
     G, Aqk, Akk = intra_chunk(q, k, g, beta, sub_chunk)
-    Aqk, Akk = _name(Aqk, "kda_Aqk"), _name(Akk, "kda_Akk")
     Tinv = unit_lower_inverse(Akk)
     eG = jnp.exp(G)
     GC = G[..., -1:, :]
-    W = _einsum("...ij,...jk->...ik", Tinv, beta[..., None] * k * eG)
-    U = _einsum("...ij,...jv->...iv", Tinv, beta[..., None] * v)
+    W = _name(_einsum("...ij,...jk->...ik", Tinv, beta[..., None] * k * eG), "kda_WU")
+    U = _name(_einsum("...ij,...jv->...iv", Tinv, beta[..., None] * v), "kda_WU")
     qg = q * scale * eG
     kg = k * jnp.exp(GC - G)
     return Aqk * scale, W, U, qg, kg, jnp.exp(GC[..., 0, :])
@@ -278,7 +323,7 @@ def _name(x, name):
 # per-chunk matrices Aqk, Akk, (I + Akk)^-1 ([C, C] per chunk), the state entering each chunk ([K, V]
 # per chunk) and the pseudo-values Vn ([C, V] per chunk), i.e. O(T * (C + V) + T / C * K * V) per head.
 # This keeps the backward from re-running the intra-chunk work and the sequential state scan.
-_SAVED = ("kda_Aqk", "kda_Akk", "kda_Tinv", "kda_states")
+_SAVED = ("kda_A", "kda_Tinv", "kda_WU", "kda_states")
 
 
 def _chunk_core(q, k, v, g, beta, h0, segments, *, scale, sub_chunk):
@@ -288,27 +333,9 @@ def _chunk_core(q, k, v, g, beta, h0, segments, *, scale, sub_chunk):
         xs = tuple(jnp.moveaxis(x, 2, 0) for x in (W, U, kg, gC))   # chunk-major
 
         # The only sequential part: the state recurrence over chunks (two [C, K] x [K, V] matmuls per
-        # step). Outputs are batched over all chunks afterwards.
-        def chunk_step(S, x):
-            W_c, U_c, kg_c, gC_c = x
-            Vn = _name(U_c - _einsum("bhck,bhkv->bhcv", W_c, S), "kda_states")
-            return gC_c[..., None] * S + _einsum("bhck,bhcv->bhkv", kg_c, Vn), S
-
-        if segments is None:
-            final, S_in = lax.scan(chunk_step, h0, xs)
-        else:
-            def seg_step(carry, x):
-                S, finals = carry
-                xc, n, first, last = x
-                S = jnp.where(first, h0[n][None], S)
-                S, S_c = chunk_step(S, xc)
-                finals = lax.dynamic_update_index_in_dim(
-                    finals, jnp.where(last, S[0], finals[n]), n, 0)
-                return (S, finals), S_c
-
-            S0 = jnp.zeros((1,) + h0.shape[1:], h0.dtype)
-            (_, final), S_in = lax.scan(seg_step, (S0, h0),
-                                        (xs, segments.seq, segments.first, segments.last))
+        # step, and a hand-written reverse scan of the same cost for the backward). Outputs are
+        # batched over all chunks afterwards.
+        S_in, final = state_scan(h0, *xs, segments)
         S_in = _name(jnp.moveaxis(S_in, 0, 2), "kda_states")           # [B, H, NT, K, V]
         Vn = U - _einsum("...ck,...kv->...cv", W, S_in)
         o = _einsum("...ck,...kv->...cv", qg, S_in) + _einsum("...ij,...jv->...iv", Aqk, Vn)
@@ -316,6 +343,109 @@ def _chunk_core(q, k, v, g, beta, h0, segments, *, scale, sub_chunk):
 
     policy = jax.checkpoint_policies.save_only_these_names(*_SAVED)
     return jax.checkpoint(run, policy=policy)(q, k, v, g, beta, h0, segments)
+
+
+# --------------------------------------------------------------------------------------------------
+# The chunk-level state recurrence, with a hand-written VJP (a reverse scan carrying dS).
+#
+#   Vn_c = U_c - W_c S_c,     S_{c+1} = Diag(gC_c) S_c + kg_c^T Vn_c
+#
+# Backward, with dS = dL/dS_{c+1} (the state leaving chunk c) and dS_in[c] the outside cotangent of S_c:
+#   dVn_c = kg_c dS,   dS_c = Diag(gC_c) dS - W_c^T dVn_c + dS_in[c]
+#   dU_c = dVn_c,  dW_c = -dVn_c S_c^T,  dkg_c = Vn_c dS^T,  dgC_c = rowsum(S_c * dS)
+# Only the two matmuls per chunk are sequential; the weight-style gradients are batched afterwards.
+# Residuals: the states entering each chunk (which the forward returns anyway) and the inputs.
+# --------------------------------------------------------------------------------------------------
+
+
+def _step_fwd(S, W_c, U_c, kg_c, gC_c):
+    Vn = U_c - _einsum("...ck,...kv->...cv", W_c, S)
+    return gC_c[..., None] * S + _einsum("...ck,...cv->...kv", kg_c, Vn)
+
+
+def _state_scan_impl(h0, W, U, kg, gC, segments):
+    if segments is None:
+        def step(S, x):
+            return _step_fwd(S, *x), S
+
+        final, S_in = lax.scan(step, h0, (W, U, kg, gC))
+        return S_in, final
+
+    def seg_step(carry, x):
+        S, finals = carry
+        xc, n, first, last = x
+        S = jnp.where(first, h0[n][None], S)
+        S_next = _step_fwd(S, *xc)
+        finals = lax.dynamic_update_index_in_dim(finals, jnp.where(last, S_next[0], finals[n]), n, 0)
+        return (S_next, finals), S
+
+    S0 = jnp.zeros((1,) + h0.shape[1:], h0.dtype)
+    (_, final), S_in = lax.scan(seg_step, (S0, h0), ((W, U, kg, gC), segments.seq, segments.first,
+                                                     segments.last))
+    return S_in, final
+
+
+@jax.custom_vjp
+def state_scan(h0, W, U, kg, gC, segments):
+    """States entering each chunk and the final states of the chunk recurrence (chunk-major inputs).
+
+    Args:
+      h0: ``[N, H, K, V]`` initial states; W, kg: ``[NT, B, H, C, K]``; U: ``[NT, B, H, C, V]``;
+        gC: ``[NT, B, H, K]`` (the chunk's total decay, ``exp(G_C)``); segments: ``None`` (B
+        independent sequences, N = B) or a :class:`_common.Segments` (B = 1, packed sequences).
+
+    Returns:
+      ``(S_in [NT, B, H, K, V], final [N, H, K, V])``.
+    """
+    return _state_scan_impl(h0, W, U, kg, gC, segments)
+
+
+def _state_scan_fwd(h0, W, U, kg, gC, segments):
+    S_in, final = _state_scan_impl(h0, W, U, kg, gC, segments)
+    S_in = _name(S_in, "kda_states")
+    return (S_in, final), (S_in, W, U, kg, gC, segments)
+
+
+def _state_scan_bwd(res, cts):
+    S_in, W, U, kg, gC, segments = res
+    dS_in, dfinal = cts
+
+    def back(dS, S_c, W_c, kg_c, gC_c, dS_in_c):
+        dVn = _einsum("...ck,...kv->...cv", kg_c, dS)
+        dS_c = gC_c[..., None] * dS - _einsum("...ck,...cv->...kv", W_c, dVn) + dS_in_c
+        return dS_c, dVn
+
+    if segments is None:
+        def step(dS, x):
+            S_c, W_c, kg_c, gC_c, dS_in_c = x
+            dS_c, dVn = back(dS, S_c, W_c, kg_c, gC_c, dS_in_c)
+            return dS_c, (dVn, dS)
+
+        dh0, (dVn, dS_out) = lax.scan(step, dfinal, (S_in, W, kg, gC, dS_in), reverse=True)
+    else:
+        def seg_step(carry, x):
+            dS, dh0 = carry
+            (S_c, W_c, kg_c, gC_c, dS_in_c), n, first, last = x
+            # The state leaving a sequence's last chunk is that sequence's final state; the next
+            # chunk starts another sequence from its own h0, so nothing flows back across.
+            dS = jnp.where(last, dfinal[n][None], dS)
+            dS_c, dVn = back(dS, S_c, W_c, kg_c, gC_c, dS_in_c)
+            dh0 = lax.dynamic_update_index_in_dim(dh0, jnp.where(first, dS_c[0], dh0[n]), n, 0)
+            return (dS_c, dh0), (dVn, dS)
+
+        # A sequence that owns no chunk passes h0 straight to its final state.
+        dh0_init = jnp.where((segments.nchunks == 0)[:, None, None, None], dfinal, 0)
+        (_, dh0), (dVn, dS_out) = lax.scan(
+            seg_step, (jnp.zeros_like(S_in[0]), dh0_init),
+            ((S_in, W, kg, gC, dS_in), segments.seq, segments.first, segments.last), reverse=True)
+    Vn = U - _einsum("...ck,...kv->...cv", W, S_in)
+    dW = -_einsum("...cv,...kv->...ck", dVn, S_in)
+    dkg = _einsum("...cv,...kv->...ck", Vn, dS_out)
+    dgC = jnp.sum(S_in * dS_out, axis=-1)
+    return dh0, dW, dVn, dkg, dgC, None
+
+
+state_scan.defvjp(_state_scan_fwd, _state_scan_bwd)
 
 
 def kda_chunk(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
