@@ -1,4 +1,4 @@
-"""The ``jaxstack`` command: train, generate, run <experiment>, bench, adp.
+"""The ``jaxstack`` command: train, generate, run <experiment>, bench, adp, eval, serve.
 
 Presets by name, dotted overrides for any config field (``--model.num_layers=4``,
 ``--train.steps=100``, ``--optimizer.learning_rate=1e-3``). ``jaxstack --help`` lists presets and
@@ -62,6 +62,9 @@ def cmd_train(args, overrides: dict[str, str]) -> int:
     model_config, train_config, optimizer_config = bundle["model"], bundle["train"], bundle["optimizer"]
 
     if args.text_dir:
+        from jaxstack.evals.guard import assert_not_eval_data
+
+        assert_not_eval_data(args.text_dir)  # evaluation-only sets (Global PIQA) never become training data
         files = sorted(pathlib.Path(args.text_dir).rglob("*.txt"))
         if not files:
             raise FileNotFoundError(f"--text-dir: no .txt files under {args.text_dir}")
@@ -189,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     from jaxstack.data.adp.cli import add_subparser as add_adp
 
     add_adp(sub)
+
+    from jaxstack.evals.cli import add_subparsers as add_eval_and_serve
+
+    add_eval_and_serve(sub)
     return parser
 
 
@@ -203,6 +210,15 @@ def main(argv: list[str] | None = None) -> int:
         if rest:
             parser.error(f"adp: unrecognised arguments {rest}")
         return run_adp(args)
+    if args.command in ("eval", "serve"):
+        from jaxstack.evals.cli import run_eval, run_serve
+
+        if rest:
+            parser.error(f"{args.command}: unrecognised arguments {rest}")
+        try:
+            return (run_eval if args.command == "eval" else run_serve)(args)
+        except (ValueError, FileNotFoundError) as error:
+            parser.exit(2, f"jaxstack {args.command}: error: {error}\n")
     try:
         overrides = parse_overrides(rest)
         return {"train": cmd_train, "generate": cmd_generate, "run": cmd_run, "bench": cmd_bench}[args.command](

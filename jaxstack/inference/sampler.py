@@ -133,17 +133,22 @@ def generate(
     *,
     seed: int | jax.Array = 0,
     cache_dtype=None,
+    pad_length: int | None = None,
 ) -> Generation:
     """Generates continuations of ``prompts`` (lists of token ids, possibly of different lengths).
 
     Returns a Generation with tokens / logprobs of shape [B, config.max_new_tokens]. The cache holds
     ``max(len(prompt)) + max_new_tokens`` slots in ``cache_dtype`` (default: the compute dtype).
+    ``pad_length`` right-pads prompts to a fixed width (a server buckets widths so that it compiles
+    once per bucket, not once per prompt length); the result does not depend on it.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("prompts: expected a non-empty list of non-empty token-id lists")
     vocab = model.config.vocab_size
     lengths = np.asarray([len(p) for p in prompts], np.int32)
-    padded = np.zeros((len(prompts), int(lengths.max())), np.int32)
+    if pad_length is not None and pad_length < lengths.max():
+        raise ValueError(f"pad_length: {pad_length} is shorter than the longest prompt ({lengths.max()} tokens)")
+    padded = np.zeros((len(prompts), int(pad_length or lengths.max())), np.int32)
     for row, prompt in enumerate(prompts):
         ids = np.asarray(prompt)
         if ids.min() < 0 or ids.max() >= vocab:

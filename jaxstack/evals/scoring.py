@@ -1,0 +1,482 @@
+"""Log-likelihood multiple-choice scoring with lm-evaluation-harness's conventions.
+
+Read top to bottom: how a (context, continuation) pair becomes tokens (``encode_pair``, lm-eval's
+``TemplateLM.loglikelihood`` + ``_encode_pair``), the pure scoring math (``token_logprobs``, with the
+plain-numpy ``token_logprobs_reference`` beside it), the batched, jitted, length-bucketed driver
+(``LoglikelihoodScorer`` / ``loglikelihoods``), and the multiple-choice metrics (``multiple_choice_metrics``,
+``evaluate_multiple_choice``).
+
+Conventions, each matching lm-eval 0.4.x (``lm_eval/api/model.py``, ``lm_eval/models/huggingface.py``,
+``lm_eval/api/task.py``):
+
+* trailing whitespace of the context moves to the front of the continuation; the pair is encoded
+  whole and the continuation tokens are ``whole[len(encode(context)):]`` (so a merge across the
+  boundary is scored as part of the continuation);
+* strings are encoded with the tokenizer's own special-token rule (``add_special_tokens=True``): a
+  BOS appears only if the tokenizer's post-processor adds one; a string that already starts with the
+  prefix token's text gets no special tokens;
+* an empty context is replaced by the prefix token (BOS if the tokenizer has one, else EOS), unless
+  the continuation already starts with it;
+* inputs longer than the model's context keep their last ``max_length + 1`` tokens (left truncation);
+  this is counted and warned about, never silent;
+* ``acc`` = argmax of the summed log-likelihoods, ``acc_norm`` divides by the choice's characters,
+  ``acc_bytes`` by its UTF-8 bytes, both *without* the target delimiter; stderr = sample standard
+  deviation (ddof=1) / sqrt(n).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# ----------------------------------------------------------------------------------------------------
+# Items and requests
+
+
+@dataclass(frozen=True)
+class MultipleChoiceItem:
+    """One multiple-choice question: score ``context + target_delimiter + choice`` for each choice.
+
+    context: the prompt text (may be empty). choices: the candidate continuations (without the
+    delimiter). label: index of the correct choice. meta: free-form (e.g. variety, script, item id).
+    """
+
+    context: str
+    choices: tuple[str, ...]
+    label: int
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.context, str):
+            raise ValueError(f"MultipleChoiceItem.context: expected a string, got {type(self.context).__name__}")
+        choices = tuple(self.choices) if isinstance(self.choices, (list, tuple)) else self.choices
+        if not isinstance(choices, tuple) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+            raise ValueError(f"MultipleChoiceItem.choices: expected a tuple of at least 2 strings, got {self.choices!r}")
+        if any(c == "" for c in choices):
+            raise ValueError("MultipleChoiceItem.choices: empty choice strings cannot be length-normalised")
+        object.__setattr__(self, "choices", choices)
+        if isinstance(self.label, bool) or not isinstance(self.label, (int, np.integer)) or not (
+            0 <= int(self.label) < len(choices)
+        ):
+            raise ValueError(
+                f"MultipleChoiceItem.label: expected an integer in [0, {len(choices)}), got {self.label!r}"
+            )
+        object.__setattr__(self, "label", int(self.label))
+
+
+class LoglikelihoodBackend(Protocol):
+    """Anything that scores (context, continuation) pairs: the in-process scorer or the HTTP client."""
+
+    def loglikelihoods(
+        self, requests: Sequence[tuple[str, str]], *, batch_size: int = ..., progress: bool = ...
+    ) -> list[tuple[float, bool]]: ...
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tokenisation (lm-eval's rules)
+
+
+def _backend(tokenizer):
+    return getattr(tokenizer, "backend", None)
+
+
+def prefix_token_id(tokenizer) -> int:
+    """lm-eval's prefix token for empty contexts: the tokenizer's BOS if it has one, else its EOS.
+
+    BOS is ``tokenizer.bos_id`` if set, else the token the backend's post-processor puts in front of
+    an empty string (e.g. Llama 3's ``<|begin_of_text|>``); byte-level BPEs without one use EOS.
+    """
+    bos = getattr(tokenizer, "bos_id", None)
+    if bos is not None:
+        return int(bos)
+    backend = _backend(tokenizer)
+    if backend is not None:
+        special = backend.encode("", add_special_tokens=True).ids
+        if special:
+            return int(special[0])
+    eos = getattr(tokenizer, "eos_id", None)
+    if eos is None:
+        raise ValueError("tokenizer: needs an eos_id (or bos_id) to score an empty context")
+    return int(eos)
+
+
+def encode(tokenizer, text: str, *, add_special_tokens: bool | None = None) -> list[int]:
+    """Token ids of ``text`` as lm-eval's HF backend gets them.
+
+    ``add_special_tokens=None`` follows the tokenizer (its post-processor decides about BOS), except
+    that a string already starting with the prefix token's text gets none (lm-eval's ``has_bos_prefix``).
+    """
+    backend = _backend(tokenizer)
+    if backend is None:  # a plain object with encode(); it decides about special tokens itself
+        return list(tokenizer.encode(text))
+    if add_special_tokens is None:
+        prefix_text = backend.decode([prefix_token_id(tokenizer)], skip_special_tokens=False)
+        add_special_tokens = not (prefix_text and text.startswith(prefix_text))
+    return list(backend.encode(text, add_special_tokens=add_special_tokens).ids)
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context_ids, continuation_ids) for one request, exactly as lm-eval's causal HF backend splits it."""
+    if not isinstance(context, str) or not isinstance(continuation, str):
+        raise ValueError(f"request: expected (context: str, continuation: str), got ({context!r}, {continuation!r})")
+    if context == "":
+        continuation_ids = encode(tokenizer, continuation, add_special_tokens=False)
+        prefix = prefix_token_id(tokenizer)
+        if continuation_ids and continuation_ids[0] == prefix:
+            return continuation_ids[:1], continuation_ids[1:]
+        return [prefix], continuation_ids
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = encode(tokenizer, context + continuation)
+    context_ids = encode(tokenizer, context)
+    return context_ids, whole[len(context_ids):]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The math: pure functions and a plain-numpy reference
+
+
+def token_logprobs(logits: jax.Array, targets: jax.Array, top_k: int = 1):
+    """Per-position log-probabilities of the targets and the top-k alternatives.
+
+    logits: [B, T, V] (any float dtype; log-softmax runs in float32). targets: [B, T] int.
+    Returns (target_logprobs [B, T] f32, top_logprobs [B, T, k] f32, top_tokens [B, T, k] int32),
+    top-k sorted descending (ties: lowest token id first, as argmax).
+    """
+    # log p = logit - logsumexp(logits): one reduction, and no [B, T, V] log-prob array to write back
+    logits = logits.astype(jnp.float32)
+    normaliser = jax.nn.logsumexp(logits, axis=-1)
+    target = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0] - normaliser
+    if top_k == 1:  # argmax is cheaper than a sort and matches torch's first-index tie rule
+        index = jnp.argmax(logits, axis=-1)[..., None]
+        top_values = jnp.take_along_axis(logits, index, axis=-1)
+    else:
+        top_values, index = jax.lax.top_k(logits, top_k)
+    return target, top_values - normaliser[..., None], index.astype(jnp.int32)
+
+
+def token_logprobs_reference(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Plain-numpy spec of the above for k = 1: (target log-probs [B, T], argmax tokens [B, T]), float64."""
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(-1, keepdims=True)
+    logprobs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    target = np.take_along_axis(logprobs, np.asarray(targets)[..., None], -1)[..., 0]
+    return target, logprobs.argmax(-1)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "top_k"))
+def _forward_logprobs(graphdef, state, tokens, targets, *, top_k: int):
+    model = nnx.merge(graphdef, state)
+    return token_logprobs(model(tokens).logits, targets, top_k)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Batched, bucketed driver
+
+
+def bucket_lengths(max_length: int, smallest: int = 16) -> tuple[int, ...]:
+    """Padded lengths used for batches: powers of two from ``smallest``, capped by ``max_length``."""
+    if max_length <= 0:
+        raise ValueError(f"max_length: expected a positive integer, got {max_length}")
+    buckets, length = [], smallest
+    while length < max_length:
+        buckets.append(length)
+        length *= 2
+    buckets.append(max_length)
+    return tuple(buckets)
+
+
+def _bucket_for(length: int, buckets: Sequence[int]) -> int:
+    for bucket in buckets:
+        if length <= bucket:
+            return bucket
+    raise AssertionError(f"length {length} exceeds the largest bucket {buckets[-1]}")
+
+
+@dataclass
+class ScoredSequence:
+    """Per-token scores of one token sequence: entry i is about token i + 1 given tokens 0..i.
+
+    logprobs: [n - 1] float32 log p(token i+1 | prefix); top_logprobs / top_tokens: [n - 1, k].
+    """
+
+    logprobs: np.ndarray
+    top_logprobs: np.ndarray
+    top_tokens: np.ndarray
+
+
+class LoglikelihoodScorer:
+    """Scores token sequences with one jitted forward per (batch_size, bucket length) shape.
+
+    model: a jaxstack model (nnx.Module returning ModelOutput) whose ``config.max_position_embeddings``
+    gives the context length unless ``max_length`` is set. tokenizer: a ``jaxstack.data.tokenizer.Tokenizer``
+    (or anything with ``encode`` / ``eos_id``). Requests are sorted longest-first (as lm-eval does),
+    right-padded to the next bucket length and run ``batch_size`` rows at a time (short batches are
+    padded with dummy rows so the shape, and the compiled program, is reused). Long buckets run fewer
+    rows, ``max(1, max_batch_tokens // bucket)``, because the logits [rows, bucket, vocab] are
+    materialised in float32 (8192 tokens x a 49k vocabulary = 1.6 GB). The scorer holds a snapshot
+    of the model's parameters (``nnx.split`` at construction): build a new one after training steps.
+    """
+
+    def __init__(self, model, tokenizer=None, *, max_length: int | None = None, batch_size: int = 16,
+                 min_bucket: int = 16, max_batch_tokens: int = 8192):
+        if batch_size <= 0:
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+        if max_batch_tokens <= 0:
+            raise ValueError(f"max_batch_tokens: expected a positive integer, got {max_batch_tokens}")
+        self.max_batch_tokens = max_batch_tokens
+        self.graphdef, self.state = nnx.split(model)
+        self.config = getattr(model, "config", None)
+        if max_length is None:
+            max_length = getattr(self.config, "max_position_embeddings", None)
+            if max_length is None:
+                raise ValueError("max_length: the model has no config.max_position_embeddings; pass max_length")
+        self.max_length = int(max_length)
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.buckets = bucket_lengths(self.max_length, min(min_bucket, self.max_length))
+        self.truncated = 0  # requests whose context was cut from the left, over this scorer's life
+
+    def score_sequences(self, sequences: Sequence[Sequence[int]], *, top_k: int = 1, progress: bool = False,
+                        desc: str = "scoring") -> list[ScoredSequence]:
+        """Per-token log-probs for each sequence (each of 2..max_length + 1 tokens; inputs are seq[:-1])."""
+        from tqdm.auto import tqdm
+
+        vocab = getattr(self.config, "vocab_size", None)
+        for index, sequence in enumerate(sequences):
+            if not 2 <= len(sequence) <= self.max_length + 1:
+                raise ValueError(
+                    f"sequences[{index}]: expected 2..{self.max_length + 1} tokens (the model's context + 1), "
+                    f"got {len(sequence)}"
+                )
+            if vocab is not None and (min(sequence) < 0 or max(sequence) >= vocab):
+                raise ValueError(f"sequences[{index}]: token ids must be in [0, {vocab}), got "
+                                 f"[{min(sequence)}, {max(sequence)}]")
+        # identical sequences are scored once (lm-eval's HF backend de-duplicates the same way)
+        unique: dict[tuple[int, ...], int] = {}
+        for sequence in sequences:
+            unique.setdefault(tuple(int(t) for t in sequence), len(unique))
+        distinct = list(unique)
+        order = sorted(range(len(distinct)), key=lambda i: -len(distinct[i]))
+        bar = tqdm(total=len(distinct), desc=desc, unit="seq", disable=not progress, leave=False)
+        pending = []  # dispatched batches: jax runs them asynchronously while the host builds the next
+        start = 0
+        while start < len(order):
+            bucket = _bucket_for(len(distinct[order[start]]) - 1, self.buckets)
+            batch_rows = max(1, min(self.batch_size, self.max_batch_tokens // bucket))
+            rows = order[start:start + batch_rows]
+            tokens = np.zeros((batch_rows, bucket), np.int32)
+            targets = np.zeros((batch_rows, bucket), np.int32)
+            for row, index in enumerate(rows):
+                sequence = np.asarray(distinct[index], np.int32)
+                tokens[row, : len(sequence) - 1] = sequence[:-1]
+                targets[row, : len(sequence) - 1] = sequence[1:]
+            outputs = _forward_logprobs(self.graphdef, self.state, jnp.asarray(tokens), jnp.asarray(targets),
+                                        top_k=top_k)
+            pending.append((rows, outputs))
+            start += len(rows)
+        scored: list[ScoredSequence | None] = [None] * len(distinct)
+        for rows, outputs in pending:
+            target_lp, top_lp, top_tok = jax.device_get(outputs)
+            for row, index in enumerate(rows):
+                n = len(distinct[index]) - 1
+                scored[index] = ScoredSequence(target_lp[row, :n], top_lp[row, :n], top_tok[row, :n])
+            bar.update(len(rows))
+        bar.close()
+        return [scored[unique[tuple(int(t) for t in sequence)]] for sequence in sequences]  # type: ignore[misc]
+
+    def token_requests(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]):
+        """Applies lm-eval's left truncation. Returns (sequences, continuation lengths, n truncated)."""
+        sequences, lengths, truncated = [], [], 0
+        for index, (context_ids, continuation_ids) in enumerate(requests):
+            if len(continuation_ids) == 0:
+                raise ValueError(f"requests[{index}]: the continuation encodes to no tokens")
+            if len(continuation_ids) > self.max_length:
+                raise ValueError(
+                    f"requests[{index}]: the continuation has {len(continuation_ids)} tokens, more than the model's "
+                    f"context of {self.max_length}; it cannot be scored"
+                )
+            if len(context_ids) == 0:
+                raise ValueError(f"requests[{index}]: empty context ids (use the prefix token, as encode_pair does)")
+            whole = list(context_ids) + list(continuation_ids)
+            if len(whole) > self.max_length + 1:
+                truncated += 1
+                whole = whole[-(self.max_length + 1):]
+            sequences.append(whole)
+            lengths.append(len(continuation_ids))
+        return sequences, lengths, truncated
+
+    def loglikelihood_tokens(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+                             progress: bool = True) -> list[tuple[float, bool]]:
+        """(sum of continuation log-probs, continuation is the greedy decode) per (context_ids, continuation_ids)."""
+        sequences, lengths, truncated = self.token_requests(requests)
+        if truncated:
+            self.truncated += truncated
+            warnings.warn(
+                f"loglikelihood: {truncated} of {len(requests)} requests exceed the model's context of "
+                f"{self.max_length} tokens; their contexts were truncated from the left (as lm-eval does)",
+                stacklevel=3,
+            )
+        scored = self.score_sequences(sequences, progress=progress, desc="loglikelihood")
+        out = []
+        for sequence, result, length in zip(sequences, scored, lengths):
+            logprobs = result.logprobs[-length:]
+            greedy = bool(np.all(result.top_tokens[-length:, 0] == np.asarray(sequence[-length:])))
+            out.append((float(np.sum(logprobs, dtype=np.float64)), greedy))
+        return out
+
+    def loglikelihoods(self, requests: Sequence[tuple[str, str]], *, batch_size: int | None = None,
+                       progress: bool = True) -> list[tuple[float, bool]]:
+        """lm-eval ``loglikelihood`` on (context, continuation) strings."""
+        if self.tokenizer is None:
+            raise ValueError("tokenizer: this scorer was built without one; use loglikelihood_tokens")
+        if batch_size is not None and batch_size != self.batch_size:
+            if batch_size <= 0:
+                raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+            self.batch_size = batch_size
+        pairs = [encode_pair(self.tokenizer, context, continuation) for context, continuation in requests]
+        return self.loglikelihood_tokens(pairs, progress=progress)
+
+
+def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], *, batch_size: int = 16,
+                   progress: bool = True, max_length: int | None = None) -> list[tuple[float, bool]]:
+    """lm-eval's ``loglikelihood``: per (context, continuation), (sum of continuation token log-probs
+    given the context, whether every continuation token is the argmax).
+
+    model: a jaxstack model (nnx.Module returning ModelOutput) or a backend with a ``loglikelihoods``
+    method (e.g. :class:`jaxstack.inference.client.CompletionsClient`). tokenizer: a
+    ``jaxstack.data.tokenizer.Tokenizer`` (ignored for a backend).
+    """
+    if _is_backend(model):
+        return model.loglikelihoods(requests, batch_size=batch_size, progress=progress)
+    scorer = LoglikelihoodScorer(model, tokenizer, max_length=max_length, batch_size=batch_size)
+    return scorer.loglikelihoods(requests, progress=progress)
+
+
+def _is_backend(model) -> bool:
+    return not isinstance(model, nnx.Module) and callable(getattr(model, "loglikelihoods", None))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def mean_stderr(values: Sequence[float]) -> float:
+    """lm-eval's ``mean_stderr``: sample standard deviation (ddof=1) / sqrt(n); nan for n < 2."""
+    values = np.asarray(values, np.float64)
+    if len(values) < 2:
+        return float("nan")
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+def multiple_choice_metrics(loglikelihoods_per_item: Sequence[Sequence[float]],
+                            items: Sequence[MultipleChoiceItem]) -> dict[str, Any]:
+    """acc / acc_norm / acc_bytes (+ ``*_stderr``) from per-choice log-likelihoods.
+
+    loglikelihoods_per_item[i][j]: summed log-likelihood of choice j of item i. Normalisers are the
+    choice's characters and UTF-8 bytes without the target delimiter (lm-eval's ``process_results``).
+    Returns the metrics, ``n`` and per-item ``records``.
+    """
+    if len(loglikelihoods_per_item) != len(items):
+        raise ValueError(f"loglikelihoods: {len(loglikelihoods_per_item)} rows for {len(items)} items")
+    records = []
+    for item, lls in zip(items, loglikelihoods_per_item):
+        lls = np.asarray(lls, np.float64)
+        if lls.shape != (len(item.choices),):
+            raise ValueError(f"loglikelihoods: expected {len(item.choices)} values per item, got shape {lls.shape}")
+        chars = np.asarray([len(c) for c in item.choices], np.float64)
+        nbytes = np.asarray([len(c.encode("utf-8")) for c in item.choices], np.float64)
+        prediction = int(np.argmax(lls))
+        prediction_norm = int(np.argmax(lls / chars))
+        prediction_bytes = int(np.argmax(lls / nbytes))
+        records.append({
+            "loglikelihoods": lls.tolist(),
+            "label": item.label,
+            "prediction": prediction,
+            "prediction_norm": prediction_norm,
+            "prediction_bytes": prediction_bytes,
+            "correct": prediction == item.label,
+            "acc": float(prediction == item.label),
+            "acc_norm": float(prediction_norm == item.label),
+            "acc_bytes": float(prediction_bytes == item.label),
+            "meta": dict(item.meta),
+        })
+    metrics: dict[str, Any] = {"n": len(items)}
+    for name in ("acc", "acc_norm", "acc_bytes"):
+        values = [r[name] for r in records]
+        metrics[name] = float(np.mean(values)) if values else float("nan")
+        metrics[f"{name}_stderr"] = mean_stderr(values)
+    metrics["records"] = records
+    return metrics
+
+
+def multiple_choice_requests(items: Sequence[MultipleChoiceItem], target_delimiter: str = " ") -> list[tuple[str, str]]:
+    """The (context, delimiter + choice) requests of ``items``, item by item, choice by choice."""
+    return [(item.context, f"{target_delimiter}{choice}") for item in items for choice in item.choices]
+
+
+def evaluate_multiple_choice(model, tokenizer, items: Sequence[MultipleChoiceItem], *, target_delimiter: str = " ",
+                             batch_size: int = 16, progress: bool = True,
+                             max_length: int | None = None) -> dict[str, Any]:
+    """Scores every choice of every item and returns lm-eval's multiple-choice metrics.
+
+    model: a jaxstack model or a backend with ``loglikelihoods`` (the HTTP client). Returns
+    ``{"acc", "acc_norm", "acc_bytes", "*_stderr", "n", "n_truncated", "records": [...]}``; each record
+    has the per-choice ``loglikelihoods``, ``is_greedy``, ``prediction`` (and ``_norm`` / ``_bytes``),
+    ``label``, ``correct`` and the item's ``meta``.
+    """
+    items = list(items)
+    if not items:
+        raise ValueError("items: expected at least one MultipleChoiceItem")
+    for index, item in enumerate(items):
+        if not isinstance(item, MultipleChoiceItem):
+            raise ValueError(f"items[{index}]: expected a MultipleChoiceItem, got {type(item).__name__}")
+    requests = multiple_choice_requests(items, target_delimiter)
+    n_truncated = 0
+    if _is_backend(model):
+        results = model.loglikelihoods(requests, batch_size=batch_size, progress=progress)
+    else:
+        scorer = LoglikelihoodScorer(model, tokenizer, max_length=max_length, batch_size=batch_size)
+        results = scorer.loglikelihoods(requests, progress=progress)
+        n_truncated = scorer.truncated
+    per_item, greedy, offset = [], [], 0
+    for item in items:
+        chunk = results[offset:offset + len(item.choices)]
+        per_item.append([ll for ll, _ in chunk])
+        greedy.append([g for _, g in chunk])
+        offset += len(item.choices)
+    metrics = multiple_choice_metrics(per_item, items)
+    for record, flags in zip(metrics["records"], greedy):
+        record["is_greedy"] = flags
+    metrics["n_truncated"] = n_truncated
+    return metrics
+
+
+__all__ = [
+    "LoglikelihoodBackend",
+    "LoglikelihoodScorer",
+    "MultipleChoiceItem",
+    "ScoredSequence",
+    "bucket_lengths",
+    "encode",
+    "encode_pair",
+    "evaluate_multiple_choice",
+    "loglikelihoods",
+    "mean_stderr",
+    "multiple_choice_metrics",
+    "multiple_choice_requests",
+    "prefix_token_id",
+    "token_logprobs",
+    "token_logprobs_reference",
+]
