@@ -23,6 +23,18 @@ GPU (prepared, not yet run here; needs jax[cuda] on an NVIDIA GPU):
     * causal cuDNN flash attention (``jax.nn.dot_product_attention(implementation="cudnn")``) at the
       same H and head dim, up to T = 64k (quadratic beyond);
   plus a single-token decode step (``kda_decode_step``) at B in {1, 64}, H = 32.
+  The Pallas fwd+bwd is timed with both backwards of its custom VJP: ``pallas_fwd_bwd_ms`` (the fused
+  Pallas backward: states recompute + reverse dh scan + per-chunk dq/dk/dv/dg/dbeta kernel, the
+  default) and ``pallas_xlabwd_fwd_bwd_ms`` (same Pallas forward, backward = VJP of the XLA chunk
+  form). What to compare: pallas vs pallas_xlabwd (does the fused backward pay off?) and pallas vs
+  fla_fwd_bwd (the Triton reference implementation), at T >= 16k where launch overhead stops
+  dominating. A ``correctness`` block records the relative RMS of the Pallas gradients (both
+  backwards) against ``jax.grad`` of the reference recurrence at one small float32 shape on the device.
+
+  CPU dry run of this script (interpret-mode Pallas, tiny sizes; proves it runs, not a timing):
+
+    .venv/bin/python benchmarks/kda.py --gpu --interpret --gpu-H 1 --gpu-T 64 --gpu-bwd-T 64 \
+        --gpu-K 32 --reps 1 --out /tmp/kda_gpu_dryrun.json
   Method: compile/warm up once, then the median of ``--reps`` runs with ``block_until_ready`` (JAX) or
   ``torch.cuda.synchronize`` (torch). Records device, driver, jax/jaxlib/triton/torch/fla versions.
 """
@@ -45,7 +57,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxstack.pallas_kernels.kda import kda, kda_decode_step  # noqa: E402
+from jaxstack.pallas_kernels.kda import kda, kda_decode_step, kda_reference  # noqa: E402
+from jaxstack.pallas_kernels.kda.pallas import kda_pallas  # noqa: E402
 
 
 def _time(fn, *args, reps=5):
@@ -79,6 +92,40 @@ def _fns(backend, **kw):
 
     bwd = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))
     return fwd, bwd
+
+
+def _pallas_fns(bwd, interpret, chunk_size=16):
+    """Forward and grad of the Pallas (GPU-form) path with the chosen custom-VJP backward."""
+    run = lambda q, k, v, g, b: kda_pallas(q, k, v, g, b, form="gpu", interpret=interpret,
+                                           chunk_size=chunk_size, bwd=bwd)[0]
+    fwd = jax.jit(run)
+    loss = lambda q, k, v, g, b: jnp.sum(run(q, k, v, g, b).astype(jnp.float32))
+    return fwd, jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))
+
+
+def _grad_check(interpret, K):
+    """Relative RMS of the Pallas gradients (both backwards) vs grad of the reference recurrence,
+    float32, cotangents on o and on the final state."""
+    from jaxstack.testing import relative_rms
+
+    B, T, H = 1, 100, 2
+    q, k, v, g, beta = _inputs(B, T, H, K, K, jnp.float32, seed=1)
+    h0 = jnp.asarray(np.random.default_rng(2).standard_normal((B, H, K, K)), jnp.float32)
+
+    def grads(f):
+        def loss(*a):
+            o, ht = f(*a[:5], initial_state=a[5], output_final_state=True)
+            return jnp.sum(o * jnp.cos(o)) + 0.5 * jnp.sum(jnp.sin(ht) * ht)
+        return jax.jit(jax.grad(loss, argnums=tuple(range(6))))(q, k, v, g, beta, h0)
+
+    ref = grads(kda_reference)
+    out = dict(shape=dict(B=B, T=T, H=H, K=K, V=K, dtype="float32"))
+    for bwd in ("pallas", "xla"):
+        got = grads(lambda *a, **kw: kda_pallas(*a, form="gpu", interpret=interpret, bwd=bwd, **kw))
+        out[f"bwd_{bwd}_relative_rms"] = {n: relative_rms(r, x) for n, r, x in
+                                          zip(("dq", "dk", "dv", "dg", "dbeta", "dh0"), ref, got)}
+    out["bound"] = 1e-5
+    return out
 
 
 def _time_interleaved(fns, args, reps):
@@ -155,6 +202,8 @@ def _fla_times(B, T, H, K, V, reps, with_bwd):
         from fla.ops.kda import chunk_kda
     except Exception:  # noqa: BLE001
         return None
+    if not torch.cuda.is_available():          # e.g. the CPU dry run with fla-core installed
+        return None
     dev = "cuda"
     mk = lambda *s: torch.randn(*s, device=dev, dtype=torch.bfloat16)
     q, k, v = mk(B, T, H, K), mk(B, T, H, K), mk(B, T, H, V)
@@ -181,21 +230,26 @@ def _fla_times(B, T, H, K, V, reps, with_bwd):
     return statistics.median(ts) * 1e3
 
 
-def run_gpu(Hs, Ts, bwd_Ts, reps, out):
-    K = V = 128
+def run_gpu(Hs, Ts, bwd_Ts, reps, out, interpret=False, K=128):
+    V = K
     B = 1
     rows = []
+    correctness = _grad_check(interpret, min(K, 64))
+    print(json.dumps(dict(correctness=correctness)), flush=True)
     for H in Hs:
         for T in Ts:
             args = _inputs(B, T, H, K, V, jnp.bfloat16)
             row = dict(H=H, T=T)
-            for name, backend, limit in (("pallas", "pallas", None), ("xla", "xla", 16384)):
-                if limit and T > limit:
-                    continue
-                f, b = _fns(backend)
-                row[f"{name}_fwd_ms"] = _time(f, *args, reps=reps)
+            f, b = _pallas_fns("pallas", interpret)
+            row["pallas_fwd_ms"] = _time(f, *args, reps=reps)
+            if T in bwd_Ts:
+                row["pallas_fwd_bwd_ms"] = _time(b, *args, reps=reps)
+                row["pallas_xlabwd_fwd_bwd_ms"] = _time(_pallas_fns("xla", interpret)[1], *args, reps=reps)
+            if T <= 16384:                 # the XLA chunk form materialises per-chunk tensors
+                f, b = _fns("xla")
+                row["xla_fwd_ms"] = _time(f, *args, reps=reps)
                 if T in bwd_Ts:
-                    row[f"{name}_fwd_bwd_ms"] = _time(b, *args, reps=reps)
+                    row["xla_fwd_bwd_ms"] = _time(b, *args, reps=reps)
             row["fla_fwd_ms"] = _fla_times(B, T, H, K, V, reps, False)
             if T in bwd_Ts:
                 row["fla_fwd_bwd_ms"] = _fla_times(B, T, H, K, V, reps, True)
@@ -221,7 +275,9 @@ def run_gpu(Hs, Ts, bwd_Ts, reps, out):
         decode.append(dict(B=Bd, H=H, decode_step_ms=ms, state_bytes=Bd * H * K * V * 4))
     result = dict(benchmark="kda GPU: jaxstack pallas/xla vs fla chunk_kda vs cuDNN attention",
                   command=" ".join(sys.argv), versions=_versions(), shape=dict(B=B, K=K, V=V, dtype="bfloat16"),
-                  rows=rows, decode=decode)
+                  interpret=interpret, correctness=correctness, rows=rows, decode=decode)
+    if interpret:
+        result["note"] = "interpret-mode dry run: the times are not kernel timings"
     pathlib.Path(out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
@@ -235,11 +291,14 @@ def main():
     p.add_argument("--gpu-bwd-T", type=int, nargs="+", default=[4096, 16384, 65536])
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--chunk-size", type=int, default=None, help="CPU: chunk size of the xla path (default 64)")
+    p.add_argument("--gpu-K", type=int, default=128, help="GPU: head dim K = V (shrink for a dry run)")
+    p.add_argument("--interpret", action="store_true",
+                   help="GPU script: run the Pallas kernels in interpret mode (CPU dry run at tiny size)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     if a.gpu:
         run_gpu(a.gpu_H, a.gpu_T, set(a.gpu_bwd_T), a.reps or 20,
-                a.out or str(ROOT / "benchmarks/results/kda_gpu.json"))
+                a.out or str(ROOT / "benchmarks/results/kda_gpu.json"), interpret=a.interpret, K=a.gpu_K)
     else:
         run_cpu(a.cpu_T, a.reps or 5, a.out or str(ROOT / "benchmarks/results/kda_cpu.json"), a.chunk_size)
 

@@ -14,7 +14,7 @@ import pytest
 from jax.experimental import pallas as pl
 
 from jaxstack.pallas_kernels.kda.pallas import kda_pallas
-from jaxstack.pallas_kernels.kda.pallas_gpu import kda_fwd_gpu
+from jaxstack.pallas_kernels.kda.pallas_gpu import kda_bwd_chunk_gpu, kda_fwd_gpu
 
 SD = jax.ShapeDtypeStruct
 
@@ -54,6 +54,26 @@ def test_kernel_lowers_for_its_backend(form, platform, marker, varlen, C):
     assert marker in text
 
 
+def _grad_fn(form, C):
+    loss = lambda *a: (lambda o, ht: jnp.sum(o.astype(jnp.float32)) + jnp.sum(ht))(*_fn(form, C)(*a))
+    return lambda *a: jax.grad(loss, argnums=tuple(range(6)))(*a)
+
+
+@pytest.mark.parametrize("C", [16, 64])
+@pytest.mark.parametrize("varlen", [False, True], ids=["batch", "varlen"])
+@pytest.mark.parametrize("form, platform, marker", [("gpu", "cuda", "triton"),
+                                                    ("tpu", "tpu", "tpu_custom_call")])
+def test_backward_kernels_lower_for_their_backend(form, platform, marker, varlen, C):
+    # jax.grad through the custom VJP: the forward kernel twice (primal, and the states recompute in
+    # the backward), the reverse dh scan and the fused per-chunk backward, all for the real backend.
+    args = (_args(1, 100, 2, 128, 128, N=3, varlen=True) if varlen
+            else _args(2, 100, 2, 60, 100))
+    text = _lower(_grad_fn(form, C), args, platform)
+    assert text.count(marker) >= 4
+    for name in (f"kda_fwd_{form}", f"kda_bwd_dh_{form}", f"kda_bwd_chunk_{form}"):
+        assert name in text, name
+
+
 def test_gpu_lowering_rejects_non_power_of_two_blocks():
     # Negative control: call the raw kernel with K = 24 (no padding); Triton must refuse it.
     H, L, K, V = 1, 32, 24, 32
@@ -77,3 +97,13 @@ def test_tpu_lowering_rejects_cumsum():
                                  compiler_params=pltpu.CompilerParams())(x)
     with pytest.raises(Exception, match="cumsum"):
         _lower(f, [SD((16, 128), jnp.float32)], "tpu")
+
+
+def test_gpu_backward_lowering_rejects_non_power_of_two_blocks():
+    # Negative control for the backward: the raw per-chunk kernel with K = 24 must fail on Triton.
+    H, L, K, V = 1, 32, 24, 32
+    args = ([SD((H, L, K), jnp.float32)] * 2 + [SD((H, L, V), jnp.float32), SD((H, L, K), jnp.float32),
+            SD((H, L, 1), jnp.float32), SD((H, L, V), jnp.float32)] + [SD((H, L // 16, K, V), jnp.float32)] * 2)
+    f = lambda *a: kda_bwd_chunk_gpu(*a, chunk_size=16, scale=1.0)
+    with pytest.raises(Exception, match="power of 2|powers of 2|power-of-2"):
+        _lower(f, args, "cuda")

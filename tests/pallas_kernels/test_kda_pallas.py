@@ -59,7 +59,8 @@ def test_pallas_bf16_inputs_match_reference(form):
 
 @pytest.mark.parametrize("form", ["gpu", pytest.param("tpu", marks=pytest.mark.slow)])
 def test_pallas_gradients_match_reference_f32(form):
-    # Both forms share the backward (VJP of chunk.py); the TPU-form case is the slow-tier duplicate.
+    # The default (fused Pallas) backward of each form; the TPU form is covered at another shape in
+    # test_kda_pallas_bwd.py, so its case here is the slow-tier duplicate.
     args = make_inputs(1, 37, 2, 16, 16, seed=2, gate=2.0)
     g_ref = grads(kda_reference, args, key="ref")
     g_pal = grads(_pallas(form), args, key=f"pallas-{form}")

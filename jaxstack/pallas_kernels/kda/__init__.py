@@ -16,7 +16,9 @@ beta is post-sigmoid. Per head, with state ``S [K, V]``::
 Backends: ``"reference"`` (token ``lax.scan``, the oracle), ``"xla"`` (chunked jnp, see ``chunk.py``),
 ``"pallas"`` (Triton-style kernel on GPU, Mosaic-style kernel on TPU; on CPU the GPU-form kernel runs in
 interpret mode), ``"auto"`` (pallas on GPU/TPU, xla on CPU). All are differentiable; the Pallas paths use
-a ``jax.custom_vjp`` whose backward is the VJP of the chunked XLA form.
+a ``jax.custom_vjp`` whose backward is a fused Pallas backward of the same form (reverse ``dh`` scan +
+per-chunk dq/dk/dv/dg/dbeta kernel; ``kda_pallas(..., bwd="xla")`` selects the VJP of the chunked XLA
+form instead, see ``pallas.py``).
 
 Also: :func:`kda_decode_step` (one token, for inference) and the gates :func:`kda_gate_softplus`,
 :func:`kda_gate_lower_bound` (in ``gates.py``).
