@@ -12,6 +12,7 @@ EXPERIMENTS = {
     "gap": "experiments.gap",
     "adp": "experiments.adp",
     "kimi-linear": "experiments.kimi_linear",
+    "precision-rl": "experiments.precision_rl",
 }
 
 

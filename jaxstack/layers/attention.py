@@ -11,6 +11,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxstack.layers.rotary import apply_rope
@@ -86,6 +87,10 @@ def dot_product_attention(
     in float32 for half-precision inputs and always runs the softmax in float32, which is the
     float32-softmax rule of DtypePolicy.
     """
+    if q.dtype == jnp.float16 and jax.default_backend() == "cpu":
+        # jax.nn.dot_product_attention asks for the F16_F16_F32 dot algorithm, which XLA:CPU rejects
+        # at compile time under jit; this is the same math on CPU.
+        return _float16_attention_cpu(q, k, v, mask=mask, is_causal=is_causal, sliding_window=sliding_window)
     local_window = None
     if is_causal and sliding_window is not None:
         local_window = (sliding_window - 1, 0)
@@ -98,6 +103,24 @@ def dot_product_attention(
         local_window_size=local_window,
         implementation=implementation,
     )
+
+
+def _float16_attention_cpu(q, k, v, *, mask, is_causal, sliding_window):
+    """``jax.nn.dot_product_attention``'s XLA path for float16 on CPU: q.k logits with float32
+    accumulation (float16 products are exact in float32, so upcasting the operands is the F16_F16_F32
+    algorithm), float32 softmax, probabilities rounded to float16, P @ V in float16."""
+    heads, kv_heads = q.shape[2], k.shape[2]
+    k = jnp.repeat(k, heads // kv_heads, axis=2)
+    v = jnp.repeat(v, heads // kv_heads, axis=2)
+    logits = jnp.einsum("btnh,bsnh->bnts", q.astype(jnp.float32), k.astype(jnp.float32))
+    logits = logits * jnp.float32(1.0 / np.sqrt(q.shape[-1]))
+    if is_causal:
+        causal = attention_mask(q.shape[1], k.shape[1], sliding_window=sliding_window)
+        mask = causal if mask is None else (mask & causal)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min * 0.7)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bnts,bsnh->btnh", probs, v)
 
 
 class Attention(nnx.Module):

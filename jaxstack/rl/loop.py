@@ -1,0 +1,297 @@
+"""The RL loop: rollout engine -> verifier -> group advantages -> learner re-score -> loss-scaled update.
+
+Per step (``train_rl``):
+
+1. weight sync + rollout: the rollout engine casts the float32 masters once into its dtype and samples
+   ``prompts_per_step x group_size`` responses at T = 1, keeping log mu of each sampled token;
+2. rewards from the task's verifier, group-relative advantages;
+3. the training engine casts the masters once more into its dtype and re-scores the same tokens
+   (log pi_old, entropy); the mismatch metrics compare log pi_old with log mu;
+4. ``num_minibatches`` optimizer steps on the chosen loss; the first minibatch has pi_theta == pi_old,
+   so its PPO clip fraction is zero unless pi_old is taken from the rollout (bypass mode), where all
+   of it is phantom; later minibatches give the real clip fraction;
+5. float16 training goes through the dynamic loss scaler; non-finite steps are skipped and counted.
+
+Everything numeric is jitted; policies, knobs and loss config are static arguments. Every step's
+metrics are one JSON line (``metrics.jsonl``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from jaxstack.models.configs import LlamaConfig
+from jaxstack.models.llama import LlamaForCausalLM
+from jaxstack.rl import engine as engine_lib
+from jaxstack.rl.loss_scale import (
+    LossScaleConfig,
+    all_finite,
+    init_loss_scale,
+    scale_loss,
+    select_tree,
+    unscale_grads,
+    update_loss_scale,
+)
+from jaxstack.rl.losses import (
+    LossConfig,
+    default_loss_config,
+    group_advantages,
+    rl_loss,
+)
+from jaxstack.rl.metrics import mismatch_metrics
+from jaxstack.rl.policy import EnginePolicy, engine_policy
+from jaxstack.rl.tasks import EOS, Task, demonstrations
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    """One RL run. ``rollout_policy`` None = same as ``train_policy``. ``loss_scale`` None = on iff
+    the training engine computes in float16. ``noise_std``: Gaussian noise on the rollout logits (E3)."""
+
+    train_policy: str = "fp32"
+    rollout_policy: str | None = None
+    knobs: str = "all"
+    loss: str = "grpo"
+    clip_eps: float = 0.2
+    tis_cap: float = 2.0
+    mis_cap: float = 10.0
+    seq_is_cap: float | None = None
+    old_logp_source: str = "learner"
+    scale_advantages: bool = True
+    steps: int = 50
+    prompts_per_step: int = 16
+    group_size: int = 4
+    num_minibatches: int = 1
+    learning_rate: float = 1e-3
+    grad_clip: float = 1.0
+    loss_scale: bool | None = None
+    initial_loss_scale: float = 2.0**16
+    growth_interval: int = 400
+    noise_std: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "prompts_per_step", "group_size", "num_minibatches"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"rl.{name}: expected a positive integer, got {getattr(self, name)}")
+        if (self.prompts_per_step * self.group_size) % self.num_minibatches:
+            raise ValueError(f"rl.num_minibatches: must divide prompts_per_step * group_size = "
+                             f"{self.prompts_per_step * self.group_size}")
+        if self.group_size < 2:
+            raise ValueError(f"rl.group_size: group-relative advantages need >= 2 samples, got {self.group_size}")
+        if self.noise_std < 0:
+            raise ValueError(f"rl.noise_std: expected >= 0, got {self.noise_std}")
+
+    def policies(self) -> tuple[EnginePolicy, EnginePolicy]:
+        train = engine_policy(self.train_policy)
+        return train, engine_policy(self.rollout_policy or self.train_policy)
+
+    def loss_config(self, max_new_tokens: int) -> LossConfig:
+        return default_loss_config(self.loss, max_new_tokens, clip_eps=self.clip_eps, tis_cap=self.tis_cap,
+                                   mis_cap=self.mis_cap, seq_is_cap=self.seq_is_cap,
+                                   old_logp_source=self.old_logp_source)
+
+    def loss_scale_config(self) -> LossScaleConfig:
+        train, _ = self.policies()
+        enabled = (train.compute_dtype == jnp.float16) if self.loss_scale is None else self.loss_scale
+        return LossScaleConfig(enabled=bool(enabled), initial_scale=self.initial_loss_scale,
+                               growth_interval=self.growth_interval)
+
+
+def init_masters(config: LlamaConfig, seed: int) -> dict:
+    """Float32 master parameters of a fresh ``LlamaForCausalLM`` as a pure dict."""
+    model = LlamaForCausalLM(config, rngs=nnx.Rngs(seed))
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "policy", "prompt_length"))
+def score(masters, tokens, *, config, policy, prompt_length):
+    """Training-engine log-probs and entropies [B, G] (no gradient): log pi_old."""
+    return engine_lib.token_logprobs(masters, tokens, prompt_length=prompt_length, config=config, policy=policy,
+                                     with_entropy=True)
+
+
+def make_optimizer(learning_rate: float, grad_clip: float) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adam(learning_rate))
+
+
+def _zero_fraction(grads) -> jax.Array:
+    leaves = jax.tree.leaves(grads)
+    zeros = sum(jnp.sum(g == 0) for g in leaves)
+    return zeros / sum(g.size for g in leaves)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "policy", "loss_cfg", "ls_cfg", "tx", "prompt_length"))
+def rl_update(masters, opt_state, ls_state, batch, *, config, policy, loss_cfg, ls_cfg, tx, prompt_length):
+    """One loss-scaled optimizer step on a minibatch (tokens, old, rollout, adv, mask). Returns
+    (masters, opt_state, ls_state, metrics)."""
+
+    def loss_fn(params):
+        logp = engine_lib.token_logprobs(params, batch["tokens"], prompt_length=prompt_length, config=config,
+                                         policy=policy)
+        loss, aux = rl_loss(logp, batch["old"], batch["rollout"], batch["adv"], batch["mask"], loss_cfg)
+        return scale_loss(ls_state, loss), (loss, aux)
+
+    grads, (loss, aux) = jax.grad(loss_fn, has_aux=True)(masters)
+    grads = unscale_grads(ls_state, grads)
+    finite = all_finite(grads)
+    updates, new_opt = tx.update(grads, opt_state, masters)
+    new_masters = optax.apply_updates(masters, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "grad_zero_fraction": _zero_fraction(grads),
+               "finite": finite, "loss_scale": ls_state.scale, **aux}
+    masters = select_tree(finite, new_masters, masters)
+    opt_state = select_tree(finite, new_opt, opt_state)
+    ls_state = update_loss_scale(ls_state, finite, ls_cfg)
+    return masters, opt_state, ls_state, metrics
+
+
+def _float(x) -> float:
+    return float(np.asarray(x))
+
+
+def train_rl(masters: dict, model_config: LlamaConfig, task: Task, cfg: RLConfig, *,
+             log_path: str | pathlib.Path | None = None, progress: bool = True,
+             extra: dict[str, Any] | None = None) -> tuple[dict, list[dict]]:
+    """Runs ``cfg.steps`` RL steps from ``masters`` (float32). Returns (final masters, per-step metrics);
+    with ``log_path`` each step is also appended to that JSONL file."""
+    train_policy, rollout_policy = cfg.policies()
+    knobs = engine_lib.get_knobs(cfg.knobs)
+    loss_cfg = cfg.loss_config(task.max_new_tokens)
+    ls_cfg = cfg.loss_scale_config()
+    tx = make_optimizer(cfg.learning_rate, cfg.grad_clip)
+    opt_state = tx.init(masters)
+    ls_state = init_loss_scale(ls_cfg)
+    rng = np.random.default_rng(cfg.seed)
+    key = jax.random.key(cfg.seed)
+    prompt_length = task.prompt_length
+    rows = cfg.prompts_per_step * cfg.group_size
+    per_mb = rows // cfg.num_minibatches
+    history = []
+    log_file = None
+    if log_path is not None:
+        log_path = pathlib.Path(log_path)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = log_path.open("w")
+    bar = tqdm(range(cfg.steps), desc=f"rl {cfg.train_policy}/{cfg.rollout_policy or cfg.train_policy} {cfg.loss}",
+               disable=not progress, leave=False)
+    try:
+        for step in bar:
+            start = time.perf_counter()
+            problems = task.sample(rng, cfg.prompts_per_step).repeat(cfg.group_size)
+            key, sample_key = jax.random.split(key)
+            result = engine_lib.rollout(masters, jnp.asarray(problems.prompts), sample_key,
+                                        jnp.float32(cfg.noise_std), config=model_config, policy=rollout_policy,
+                                        knobs=knobs, max_new_tokens=task.max_new_tokens, eos_id=EOS)
+            tokens, mask = np.asarray(result.tokens), np.asarray(result.mask)
+            rewards = task.reward(problems, tokens[:, prompt_length:], mask)
+            adv = group_advantages(rewards, cfg.group_size, scale=cfg.scale_advantages and cfg.loss != "drgrpo")
+            old, entropy = score(masters, result.tokens, config=model_config, policy=train_policy,
+                                 prompt_length=prompt_length)
+            mismatch = mismatch_metrics(old, result.logprobs, result.mask, cfg.clip_eps)
+            batch = {"tokens": result.tokens, "old": old, "rollout": result.logprobs, "adv": adv,
+                     "mask": result.mask}
+            update_metrics = []
+            for mb in range(cfg.num_minibatches):
+                sl = slice(mb * per_mb, (mb + 1) * per_mb)
+                minibatch = {k: v[sl] for k, v in batch.items()}
+                masters, opt_state, ls_state, m = rl_update(
+                    masters, opt_state, ls_state, minibatch, config=model_config, policy=train_policy,
+                    loss_cfg=loss_cfg, ls_cfg=ls_cfg, tx=tx, prompt_length=prompt_length)
+                update_metrics.append({k: _float(v) for k, v in m.items()})
+            jax.block_until_ready(masters)
+            record = {
+                "step": step,
+                "reward_mean": float(rewards.mean()),
+                "success_rate": float(task.success(rewards).mean()),
+                "response_length": float(mask.sum(1).mean()),
+                "finished_fraction": float(np.asarray(result.finished).mean()),
+                "entropy": _float(jnp.sum(entropy * result.mask) / jnp.maximum(jnp.sum(result.mask), 1.0)),
+                **{k: _float(v) for k, v in mismatch.items()},
+                "loss": float(np.mean([m["loss"] for m in update_metrics])),
+                "grad_norm": float(np.mean([m["grad_norm"] for m in update_metrics])),
+                "grad_zero_fraction": float(np.mean([m["grad_zero_fraction"] for m in update_metrics])),
+                "clip_fraction_first_minibatch": update_metrics[0]["clip_fraction"],
+                "clip_fraction_real": (float(np.mean([m["clip_fraction"] for m in update_metrics[1:]]))
+                                       if len(update_metrics) > 1 else 0.0),
+                "is_truncation_fraction": float(np.mean([m["is_truncation_fraction"] for m in update_metrics])),
+                "is_mask_fraction": float(np.mean([m["is_mask_fraction"] for m in update_metrics])),
+                "loss_scale": _float(ls_state.scale),
+                "skipped_steps": int(np.asarray(ls_state.skipped)),
+                "nonfinite_this_step": int(sum(1 for m in update_metrics if not m["finite"])),
+                "wall_s": time.perf_counter() - start,
+                **(extra or {}),
+            }
+            history.append(record)
+            if log_file is not None:
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+            bar.set_postfix(reward=f"{record['reward_mean']:.3f}", dlogp=f"{record['abs_diff_mean']:.1e}")
+    finally:
+        if log_file is not None:
+            log_file.close()
+    return masters, history
+
+
+@functools.partial(jax.jit, static_argnames=("config", "policy", "tx", "prompt_length"))
+def sft_update(masters, opt_state, tokens, mask, *, config, policy, tx, prompt_length):
+    """One teacher-forced step: mean negative log-likelihood of the response tokens."""
+
+    def loss_fn(params):
+        logp = engine_lib.token_logprobs(params, tokens, prompt_length=prompt_length, config=config, policy=policy)
+        return -jnp.sum(logp * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+    loss, grads = jax.value_and_grad(loss_fn)(masters)
+    updates, opt_state = tx.update(grads, opt_state, masters)
+    return optax.apply_updates(masters, updates), opt_state, loss
+
+
+def evaluate_success(masters, model_config: LlamaConfig, task: Task, n: int, seed: int, *,
+                     policy: str = "fp32", knobs: str = "all") -> float:
+    """Fraction of ``n`` problems solved with one T = 1 sample each."""
+    rng = np.random.default_rng(seed)
+    problems = task.sample(rng, n)
+    result = engine_lib.rollout(masters, jnp.asarray(problems.prompts), jax.random.key(seed), 0.0,
+                                config=model_config, policy=engine_policy(policy),
+                                knobs=engine_lib.get_knobs(knobs), max_new_tokens=task.max_new_tokens, eos_id=EOS)
+    rewards = task.reward(problems, np.asarray(result.tokens)[:, task.prompt_length:], np.asarray(result.mask))
+    return float(task.success(rewards).mean())
+
+
+def sft(masters: dict, model_config: LlamaConfig, task: Task, *, steps: int, batch_size: int, learning_rate: float,
+        seed: int, error_rate: float = 0.1, distractor_rate: float = 0.02, target: tuple[float, float] = (0.2, 0.8),
+        eval_every: int = 50, eval_size: int = 128, progress: bool = True) -> tuple[dict, list[dict]]:
+    """Supervised fine-tuning on noisy demonstrations (float32), evaluated every ``eval_every`` steps;
+    stops at the first evaluation whose success rate lies in ``target`` (the sanity-test band).
+    Returns (masters, log of {step, loss, success})."""
+    policy = engine_policy("fp32")
+    tx = optax.adam(learning_rate)
+    opt_state = tx.init(masters)
+    rng = np.random.default_rng(seed)
+    log = []
+    bar = tqdm(range(1, steps + 1), desc=f"sft {task.name}", disable=not progress, leave=False)
+    for step in bar:
+        problems = task.sample(rng, batch_size)
+        tokens, mask = demonstrations(task, problems, task.max_new_tokens, rng, error_rate=error_rate,
+                                      distractor_rate=distractor_rate)
+        masters, opt_state, loss = sft_update(masters, opt_state, jnp.asarray(tokens), jnp.asarray(mask),
+                                              config=model_config, policy=policy, tx=tx,
+                                              prompt_length=task.prompt_length)
+        if step % eval_every == 0 or step == steps:
+            success = evaluate_success(masters, model_config, task, eval_size, seed + step)
+            log.append({"step": step, "loss": float(loss), "success": success})
+            bar.set_postfix(loss=f"{float(loss):.3f}", success=f"{success:.2f}")
+            if target[0] <= success <= target[1]:
+                break
+    return masters, log
