@@ -25,6 +25,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/data_pipeline.py
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install -q ruff

@@ -13,6 +13,7 @@ EXPERIMENTS = {
     "adp": "experiments.adp",
     "kimi-linear": "experiments.kimi_linear",
     "precision-rl": "experiments.precision_rl",
+    "smollm2-mixture": "experiments.smollm2_mixture",
 }
 
 

@@ -55,7 +55,14 @@ def load_tokenizer(path: str | pathlib.Path) -> Tokenizer:
         path = path / "tokenizer.json"
     if not path.exists():
         raise FileNotFoundError(f"tokenizer: {path} does not exist (expected a tokenizer.json)")
-    return Tokenizer(HFTokenizer.from_file(str(path)))
+    try:
+        backend = HFTokenizer.from_file(str(path))
+    except Exception as error:  # tokenizers raises a bare Exception on malformed JSON
+        raise ValueError(f"tokenizer: {path} is not a valid Hugging Face tokenizer.json ({error})") from None
+    try:
+        return Tokenizer(backend)
+    except ValueError as error:
+        raise ValueError(f"{error} of {path}") from None
 
 
 def train_bpe(texts: Sequence[str], vocab_size: int, *, special_tokens: Sequence[str] = SPECIAL_TOKENS) -> Tokenizer:

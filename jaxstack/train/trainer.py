@@ -14,7 +14,7 @@ import math
 import os
 import pathlib
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -198,7 +198,8 @@ def train(
     data: Iterator[dict[str, np.ndarray]],
     run_dir: str | pathlib.Path,
     *,
-    eval_data: Callable[[], Iterator[dict[str, np.ndarray]]] | None = None,
+    eval_data: Callable[[], Iterator[dict[str, np.ndarray]]]
+    | Mapping[str, Callable[[], Iterator[dict[str, np.ndarray]]]] | None = None,
     extra_config: dict[str, Any] | None = None,
     show_progress: bool = True,
 ) -> tuple[nnx.Module, dict[str, Any]]:
@@ -206,7 +207,8 @@ def train(
 
     model_config: a LlamaConfig or KimiLinearConfig (see ``jaxstack.models.build_model``).
     data: a Grain ``DatasetIterator`` (checkpointable) of {"tokens": [B, seq_len + 1]} batches.
-    eval_data: a callable returning a fresh iterator of held-out batches (evaluated every eval_every).
+    eval_data: a callable returning a fresh iterator of held-out batches (evaluated every eval_every),
+    or a mapping name -> such callable (per-source held-out losses ``eval_loss/<name>``).
     """
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -246,21 +248,30 @@ def train(
                                    enabled=main_process)
 
     eval_fn = None
-    if eval_data is not None:
+    # eval_data: one callable (logged as eval_loss) or a mapping name -> callable (logged as
+    # eval_loss/<name>, plus eval_loss = the token-weighted mean over all of them)
+    eval_sets = {} if eval_data is None else (dict(eval_data) if isinstance(eval_data, Mapping) else {"": eval_data})
+    if eval_sets:
         @jax.jit
         def eval_loss(params, batch):
             model = nnx.merge(graphdef, params)
             logits = model(batch["inputs"], batch.get("positions"), segment_ids=batch.get("segment_ids")).logits
             return token_cross_entropy(logits, batch["targets"], batch["loss_mask"])
 
-        def eval_fn(params):
-            total, count = 0.0, 0.0
-            for i, batch in enumerate(eval_data()):
-                if i >= train_config.eval_batches:
-                    break
-                loss, n = eval_loss(params, sharding_lib.shard(_to_host_batch(batch), batch_sh))
-                total, count = total + float(loss) * float(n), count + float(n)
-            return total / max(count, 1.0)
+        def eval_fn(params) -> dict[str, float]:
+            results, all_total, all_count = {}, 0.0, 0.0
+            for name, make_data in eval_sets.items():
+                total, count = 0.0, 0.0
+                for i, batch in enumerate(make_data()):
+                    if i >= train_config.eval_batches:
+                        break
+                    loss, n = eval_loss(params, sharding_lib.shard(_to_host_batch(batch), batch_sh))
+                    total, count = total + float(loss) * float(n), count + float(n)
+                if name:
+                    results[f"eval_loss/{name}"] = total / max(count, 1.0)
+                all_total, all_count = all_total + total, all_count + count
+            results["eval_loss"] = all_total / max(all_count, 1.0)
+            return results
 
     flops_per_token = _flops_per_token(model_config, train_config.seq_len)
     peak = peak_tflops_per_device(train_config.peak_tflops) * 1e12 * jax.device_count()
@@ -281,7 +292,7 @@ def train(
             record = {"step": done, **metrics, "tokens_per_s": tokens_per_s,
                       "mfu": tokens_per_s * flops_per_token / peak if math.isfinite(peak) else None}
             if eval_fn is not None and (done % train_config.eval_every == 0 or done == train_config.steps):
-                record["eval_loss"] = eval_fn(state.params)
+                record.update(eval_fn(state.params))
             metrics_writer.write(record)
             final_metrics = record
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}")

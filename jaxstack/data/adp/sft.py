@@ -19,70 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROLES = ("system", "user", "assistant", "tool")
-
-
-@dataclass(frozen=True)
-class ChatTemplate:
-    """A turn-based chat template: ``{start}{role}{role_end}{content}{end}`` per message.
-
-    The default is ChatML (``<|im_start|>assistant\\n ... <|im_end|>\\n``), as used by Qwen2.5 and
-    SmolLM2-Instruct.
-    """
-
-    start: str = "<|im_start|>"
-    role_end: str = "\n"
-    end: str = "<|im_end|>"
-    separator: str = "\n"
-
-    def header(self, role: str) -> str:
-        """The text that opens a message of ``role``."""
-        return f"{self.start}{role}{self.role_end}"
-
-
-CHATML = ChatTemplate()
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A span of rendered text and whether its tokens carry loss."""
-
-    text: str
-    trainable: bool
-
-
-def render_segments(
-    messages: Sequence[dict[str, str]],
-    template: ChatTemplate = CHATML,
-    train_roles: Iterable[str] = ("assistant",),
-) -> list[Segment]:
-    """Render messages into segments; the content of ``train_roles`` messages and their end marker
-    are trainable, headers and all other messages are not.
-
-    Raises:
-      ValueError: a message without ``role`` / ``content`` or with an unknown role.
-    """
-    train = set(train_roles)
-    segments: list[Segment] = []
-    for index, message in enumerate(messages):
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES or not isinstance(content, str):
-            raise ValueError(
-                f"messages[{index}] must be {{'role': one of {list(ROLES)}, 'content': str}}, "
-                f"got role={role!r}"
-            )
-        segments.append(Segment(template.header(role), False))
-        trainable = role in train
-        segments.append(Segment(content + template.end, trainable))
-        segments.append(Segment(template.separator, False))
-    return [s for s in segments if s.text]
+# The chat template and its loss-mask segments live in jaxstack.data.chat (the one chat template of
+# jaxstack); re-exported here for the ADP SFT path.
+from jaxstack.data.chat import CHATML, ROLES, ChatTemplate, Segment, render_segments  # noqa: F401
 
 
 @dataclass(frozen=True)
