@@ -174,8 +174,9 @@ def main(argv=None) -> dict:
     record["load_avg_at_end"] = _load_avg()
     for name, entry in record["shapes"].items():
         ratio = entry.get("ratio_pipeline_over_trainer")
-        trainer = entry["trainer"]["tokens_per_s"] if entry["trainer"] else float("nan")
-        print(f"{name:34s} pipeline {entry['pipeline']['tokens_per_s']:>12,.0f} tok/s   trainer {trainer:>10,.1f} tok/s"
+        trainer = (f"{entry['trainer']['tokens_per_s']:>10,.1f} tok/s" if entry["trainer"]
+                   else f"{'not timed':>16s}")
+        print(f"{name:34s} pipeline {entry['pipeline']['tokens_per_s']:>12,.0f} tok/s   trainer {trainer}"
               + (f"   ratio {ratio:,.1f}" if ratio else ""))
     print(f"min ratio {record['min_ratio']:.1f} (>= 5 required): "
           f"{'ok' if record['pipeline_never_the_bottleneck'] else 'NOT MET'}")
