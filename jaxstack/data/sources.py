@@ -61,6 +61,15 @@ def resolve_paths(paths: str | pathlib.Path | Sequence[str | pathlib.Path], *, s
     return files
 
 
+def _json_text(raw: bytes, text_field: str, where: str) -> str:
+    """The text field of one UTF-8 JSON record (JSONL line or ArrayRecord entry); errors name ``where``."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorruptRecordError(f"{where}: not valid UTF-8 JSON ({error})") from None
+    return _text_of(record, text_field, where)
+
+
 def _text_of(record: Any, text_field: str, where: str) -> str:
     if not isinstance(record, dict):
         raise CorruptRecordError(f"{where}: expected a JSON object with a {text_field!r} field, got {type(record).__name__}")
@@ -103,11 +112,7 @@ class JsonlSource:
         with open(path, "rb") as handle:
             handle.seek(offset)
             raw = handle.readline()
-        try:
-            record = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CorruptRecordError(f"{where}: not valid UTF-8 JSON ({error})") from None
-        return _text_of(record, self.text_field, where)
+        return _json_text(raw, self.text_field, where)
 
     def __repr__(self) -> str:
         return f"JsonlSource({len(self.files)} files, {len(self)} records)"
@@ -182,11 +187,7 @@ class ArrayRecordSource:
             raise
         except Exception as error:
             raise CorruptRecordError(f"{where}: unreadable ({error})") from None
-        try:
-            record = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CorruptRecordError(f"{where}: not valid UTF-8 JSON ({error})") from None
-        return _text_of(record, self.text_field, where)
+        return _json_text(raw, self.text_field, where)
 
     def __repr__(self) -> str:
         return f"ArrayRecordSource({len(self.files)} files, {len(self)} records)"

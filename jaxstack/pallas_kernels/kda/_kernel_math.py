@@ -246,3 +246,17 @@ def chunk_bwd(q, k, v, G, beta, S, do, dSo):
     dGC = jnp.exp(GC) * _dot_nt(ones, S * dSo) + jnp.sum(kg * dkg, axis=0, keepdims=True)  # rows equal
     dG = dG + jnp.where(row_c1 == C - 1, dGC, 0.0)
     return dq, dk, dv, dG, dbeta
+
+
+def bwd_chunk_kernel(q_ref, k_ref, v_ref, g_ref, b_ref, do_ref, s_ref, dh_ref,
+                     dq_ref, dk_ref, dv_ref, dg_ref, db_ref, *, scale):
+    """The per-chunk backward kernel body shared by the GPU and TPU forms: loads one chunk's blocks
+    (any dtype), runs :func:`chunk_bwd` in float32 and stores dq, dk, dv, dG, dbeta."""
+    f32 = lambda r: r[...].astype(jnp.float32)
+    dq, dk, dv, dG, db = chunk_bwd(f32(q_ref) * scale, f32(k_ref), f32(v_ref), f32(g_ref), f32(b_ref),
+                                   f32(s_ref), f32(do_ref), f32(dh_ref))
+    dq_ref[...] = dq * scale
+    dk_ref[...] = dk
+    dv_ref[...] = dv
+    dg_ref[...] = dG
+    db_ref[...] = db

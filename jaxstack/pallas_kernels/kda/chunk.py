@@ -211,7 +211,7 @@ def _quadrant_factors(x, k, G, h):
 
 
 def _gram_impl(BC, x, k, G):
-    N, S, C, K = x.shape
+    N, S, C, _ = x.shape
     A = _diag_blocks(x, k, G, BC)                                                 # [N, S, NC, BC, BC]
     for h in _levels(C, BC):
         nb = C // (2 * h)

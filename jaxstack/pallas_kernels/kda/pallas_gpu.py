@@ -25,7 +25,11 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from jaxstack.pallas_kernels.kda._kernel_math import chunk_bwd, chunk_dstate, chunk_step
+from jaxstack.pallas_kernels.kda._kernel_math import (
+    bwd_chunk_kernel,
+    chunk_dstate,
+    chunk_step,
+)
 
 
 def _kernel(cstart_ref, nch_ref, q_ref, k_ref, v_ref, g_ref, b_ref, h0_ref, *outs, C, scale, states):
@@ -169,18 +173,6 @@ def kda_bwd_dh_gpu(q, k, G, beta, do, dht, cstart, nchunks, *, chunk_size, scale
     return dh.reshape(H, NT, K, V), dh0
 
 
-def _bwd_chunk_kernel(q_ref, k_ref, v_ref, g_ref, b_ref, do_ref, s_ref, dh_ref,
-                      dq_ref, dk_ref, dv_ref, dg_ref, db_ref, *, scale):
-    f32 = lambda r: r[...].astype(jnp.float32)
-    dq, dk, dv, dG, db = chunk_bwd(f32(q_ref) * scale, f32(k_ref), f32(v_ref), f32(g_ref), f32(b_ref),
-                                   f32(s_ref), f32(do_ref), f32(dh_ref))
-    dq_ref[...] = dq * scale
-    dk_ref[...] = dk
-    dv_ref[...] = dv
-    dg_ref[...] = dG
-    db_ref[...] = db
-
-
 def kda_bwd_chunk_gpu(q, k, v, G, beta, do, states, dh, *, chunk_size, scale, block_v=None,
                       interpret=False, num_warps=4, num_stages=1):
     """Fused per-chunk KDA backward (Triton form): one program per (chunk, head, V-block), all
@@ -205,7 +197,7 @@ def kda_bwd_chunk_gpu(q, k, v, G, beta, do, states, dh, *, chunk_size, scale, bl
     if V % BV:
         raise ValueError(f"kda_bwd_chunk_gpu: V={V} must be a multiple of block_v={BV}")
     NV = V // BV
-    kernel = functools.partial(_bwd_chunk_kernel, scale=scale)
+    kernel = functools.partial(bwd_chunk_kernel, scale=scale)
     blk = lambda D: pl.BlockSpec((None, C, D), lambda c, h, j: (h, c, 0))
     vblk = pl.BlockSpec((None, C, BV), lambda c, h, j: (h, c, j))
     sblk = pl.BlockSpec((None, K, BV), lambda c, h, j: (h, c, j))

@@ -22,7 +22,11 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from jaxstack.pallas_kernels.kda._kernel_math import chunk_bwd, chunk_dstate, chunk_step
+from jaxstack.pallas_kernels.kda._kernel_math import (
+    bwd_chunk_kernel,
+    chunk_dstate,
+    chunk_step,
+)
 
 
 def _kernel(seq_ref, first_ref, last_ref, q_ref, k_ref, v_ref, g_ref, b_ref, h0_ref, *rest, scale,
@@ -160,18 +164,6 @@ def kda_bwd_dh_tpu(q, k, G, beta, do, dht, seq, first, last, *, chunk_size, scal
     )(seq, first, last, q, k, G, beta, do, dht)
 
 
-def _bwd_chunk_kernel(q_ref, k_ref, v_ref, g_ref, b_ref, do_ref, s_ref, dh_ref,
-                      dq_ref, dk_ref, dv_ref, dg_ref, db_ref, *, scale):
-    f32 = lambda r: r[...].astype(jnp.float32)
-    dq, dk, dv, dG, db = chunk_bwd(f32(q_ref) * scale, f32(k_ref), f32(v_ref), f32(g_ref), f32(b_ref),
-                                   f32(s_ref), f32(do_ref), f32(dh_ref))
-    dq_ref[...] = dq * scale
-    dk_ref[...] = dk
-    dv_ref[...] = dv
-    dg_ref[...] = dG
-    db_ref[...] = db
-
-
 def kda_bwd_chunk_tpu(q, k, v, G, beta, do, states, dh, *, chunk_size, scale, interpret=False):
     """Fused per-chunk KDA backward (TPU form): grid ``(H, NT)``, both axes parallel, full ``[K, V]``
     state blocks in VMEM; dq, dk, dv, dG, dbeta of one chunk per step.
@@ -188,7 +180,7 @@ def kda_bwd_chunk_tpu(q, k, v, G, beta, do, states, dh, *, chunk_size, scale, in
     V = v.shape[-1]
     C = chunk_size
     NT = L // C
-    kernel = functools.partial(_bwd_chunk_kernel, scale=scale)
+    kernel = functools.partial(bwd_chunk_kernel, scale=scale)
     blk = lambda D: pl.BlockSpec((None, C, D), lambda h, c: (h, c, 0))
     sblk = pl.BlockSpec((None, None, K, V), lambda h, c: (h, c, 0, 0))
     f32 = jnp.float32
