@@ -5,6 +5,15 @@
 ``metrics`` (training-vs-rollout mismatch), ``tasks`` (verifiable toy tasks), ``loop`` (the RL loop).
 """
 
+from jaxstack.precision import (
+    LossScaleConfig,
+    LossScaleState,
+    all_finite,
+    init_loss_scale,
+    scale_loss,
+    unscale_grads,
+    update_loss_scale,
+)
 from jaxstack.rl.engine import (
     KNOB_SETS,
     EngineKnobs,
@@ -13,15 +22,6 @@ from jaxstack.rl.engine import (
     get_knobs,
     rollout,
     token_logprobs,
-)
-from jaxstack.rl.loss_scale import (
-    LossScaleConfig,
-    LossScaleState,
-    all_finite,
-    init_loss_scale,
-    scale_loss,
-    unscale_grads,
-    update_loss_scale,
 )
 from jaxstack.rl.losses import LOSSES, LossConfig, group_advantages, k3_kl, rl_loss
 from jaxstack.rl.metrics import mismatch_metrics, phantom_clip_fraction

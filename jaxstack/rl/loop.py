@@ -34,8 +34,7 @@ from tqdm.auto import tqdm
 
 from jaxstack.models.configs import LlamaConfig
 from jaxstack.models.llama import LlamaForCausalLM
-from jaxstack.rl import engine as engine_lib
-from jaxstack.rl.loss_scale import (
+from jaxstack.precision import (
     LossScaleConfig,
     all_finite,
     init_loss_scale,
@@ -44,6 +43,7 @@ from jaxstack.rl.loss_scale import (
     unscale_grads,
     update_loss_scale,
 )
+from jaxstack.rl import engine as engine_lib
 from jaxstack.rl.losses import (
     LossConfig,
     default_loss_config,

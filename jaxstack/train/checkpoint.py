@@ -1,7 +1,7 @@
 """Orbax checkpoints of the whole training state plus the Grain data-iterator position.
 
-A checkpoint holds ``TrainState`` (params, optimizer state, step, RNG key data) and, when given, the
-data iterator's state, so that a resumed run sees exactly the batches the uninterrupted run would.
+A checkpoint holds ``TrainState`` (params, optimizer state, step, RNG key data, loss-scaler state) and,
+when given, the data iterator's state, so that a resumed run sees exactly the batches the uninterrupted run would.
 """
 
 from __future__ import annotations

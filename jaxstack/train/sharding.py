@@ -141,7 +141,8 @@ def state_shardings(state, mesh: Mesh, rules=None):
         return replicated
 
     opt_sh = jax.tree_util.tree_map_with_path(for_opt_leaf, state.opt_state)
-    return state.replace(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
+    return state.replace(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated,
+                         loss_scale=jax.tree.map(lambda _: replicated, state.loss_scale))
 
 
 def batch_sharding(mesh: Mesh, rules=None) -> NamedSharding:

@@ -15,15 +15,28 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from jaxstack.precision import (
+    LossScaleConfig,
+    LossScaleState,
+    all_finite,
+    init_loss_scale,
+    scale_loss,
+    select_tree,
+    unscale_grads,
+    update_loss_scale,
+)
+
 
 @struct.dataclass
 class TrainState:
-    """step: int32 scalar; params: nnx.State of Params; opt_state: optax state; rng: uint32 key data [2]."""
+    """step: int32 scalar; params: nnx.State of Params; opt_state: optax state; rng: uint32 key data [2];
+    loss_scale: the dynamic loss scaler's state (enabled for float16 compute, else a no-op with S = 1)."""
 
     step: jax.Array
     params: Any
     opt_state: Any
     rng: jax.Array
+    loss_scale: LossScaleState
 
 
 def split_model(model: nnx.Module):
@@ -37,12 +50,15 @@ def split_model(model: nnx.Module):
     return graphdef, params
 
 
-def init_train_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
+def init_train_state(params, tx: optax.GradientTransformation, seed: int,
+                     loss_scale: LossScaleConfig | None = None) -> TrainState:
+    """loss_scale: the scaler's config (``precision.loss_scale_for(policy.compute_dtype)``); None = off."""
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=tx.init(params),
         rng=jax.random.key_data(jax.random.key(seed)),
+        loss_scale=init_loss_scale(loss_scale or LossScaleConfig(enabled=False)),
     )
 
 
@@ -73,25 +89,52 @@ def train_step(
     graphdef,
     tx: optax.GradientTransformation,
     schedule: Callable[[jax.Array], jax.Array] | None = None,
+    loss_scale: LossScaleConfig | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step. Returns (new state, metrics: loss, grad_norm, lr, tokens)."""
-    (loss, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, graphdef, batch)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    """One optimizer step. Returns (new state, metrics: loss, grad_norm, tokens[, lr][, loss_scale, skipped]).
+
+    With an enabled loss scaler (float16 compute) the loss is multiplied by the float32 scale before the
+    backward pass and the gradients divided by it in float32; a step whose gradients are not all finite
+    leaves params and optimizer state unchanged (the step counter still advances) and halves the scale.
+    """
+    scaler = state.loss_scale
+    if not scaler.enabled:
+        (loss, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, graphdef, batch)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_scaler, extra = scaler, {}
+    else:
+        if loss_scale is None:
+            raise ValueError("train_step: the state's loss scaler is enabled; pass its LossScaleConfig as loss_scale")
+
+        def scaled_loss(params):
+            loss, count = loss_fn(params, graphdef, batch)
+            return scale_loss(scaler, loss), (loss, count)
+
+        (_, (loss, count)), grads = jax.value_and_grad(scaled_loss, has_aux=True)(state.params)
+        grads = unscale_grads(scaler, grads)
+        finite = all_finite(grads)
+        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+        params = select_tree(finite, optax.apply_updates(state.params, updates), state.params)
+        opt_state = select_tree(finite, new_opt_state, state.opt_state)
+        new_scaler = update_loss_scale(scaler, finite, loss_scale)
+        extra = {"loss_scale": scaler.scale, "skipped_steps": new_scaler.skipped}
     metrics = {
         "loss": loss,
         "grad_norm": optax.tree.norm(grads),
         "tokens": count,
+        **extra,
     }
     if schedule is not None:
         metrics["lr"] = schedule(state.step)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, loss_scale=new_scaler)
     return new_state, metrics
 
 
-def make_train_step(graphdef, tx, schedule=None, *, state_sharding=None, batch_sharding=None, donate: bool = True):
-    """A jitted ``step(state, batch) -> (state, metrics)`` with graphdef and tx closed over."""
-    step = functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule)
+def make_train_step(graphdef, tx, schedule=None, *, state_sharding=None, batch_sharding=None, donate: bool = True,
+                    loss_scale: LossScaleConfig | None = None):
+    """A jitted ``step(state, batch) -> (state, metrics)`` with graphdef, tx and the loss-scale config closed over."""
+    step = functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, loss_scale=loss_scale)
     kwargs = {}
     if state_sharding is not None:
         kwargs["in_shardings"] = (state_sharding, batch_sharding)

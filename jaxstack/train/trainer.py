@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from jaxstack.config import to_dict
 from jaxstack.models.configs import LlamaConfig
 from jaxstack.models import build_model
-from jaxstack.precision import get_policy
+from jaxstack.precision import get_policy, loss_scale_for
 from jaxstack.train import sharding as sharding_lib
 from jaxstack.train.checkpoint import Checkpointer
 from jaxstack.train.optimizers import OptimizerConfig, make_optimizer, make_schedule
@@ -234,11 +234,13 @@ def train(
     graphdef, params = split_model(model)
     tx = make_optimizer(optimizer_config, train_config.steps, params)
     schedule = make_schedule(optimizer_config, train_config.steps)
-    state = init_train_state(params, tx, train_config.seed)
+    loss_scale = loss_scale_for(policy.compute_dtype)  # dynamic loss scaling for float16 compute, else off
+    state = init_train_state(params, tx, train_config.seed, loss_scale)
     state_sh = sharding_lib.state_shardings(state, mesh)
     batch_sh = sharding_lib.batch_sharding(mesh)
     state = sharding_lib.shard(state, state_sh)
-    step_fn = make_train_step(graphdef, tx, schedule, state_sharding=state_sh, batch_sharding=batch_sh)
+    step_fn = make_train_step(graphdef, tx, schedule, state_sharding=state_sh, batch_sharding=batch_sh,
+                              loss_scale=loss_scale)
 
     checkpointer = Checkpointer(run_dir / "checkpoints", max_to_keep=train_config.keep_checkpoints)
     start = 0

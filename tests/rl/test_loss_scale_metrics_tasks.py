@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxstack.rl.loss_scale import (
+from jaxstack.precision import (
     LossScaleConfig,
     all_finite,
     init_loss_scale,
