@@ -92,12 +92,12 @@ def test_encode_pair_follows_lm_eval(tokenizer):
 
 def test_one_compilation_per_bucket(random_model, tokenizer):
     scorer = LoglikelihoodScorer(random_model, tokenizer, batch_size=4)
-    assert scorer.buckets == (16, 32, 64)
+    assert scorer.buckets == (16, 20, 24, 28, 32, 40, 48, 56, 64)
     if not hasattr(scoring._forward_logprobs, "_cache_size"):
         pytest.skip("this jax version does not expose the jit cache size")
     before = scoring._forward_logprobs._cache_size()
-    # 9 requests of different lengths, all between 17 and 32 tokens: one shape [4, 32]
-    requests = [([1] * n, [5, 6, 7]) for n in range(15, 24)]
+    # 8 requests of different lengths whose inputs are all 21..24 tokens: one shape [4, 24]
+    requests = [([1] * n, [5, 6, 7]) for n in (19, 20, 21, 22, 19, 20, 21, 22)]
     scorer.loglikelihood_tokens(requests, progress=False)
     assert scoring._forward_logprobs._cache_size() - before == 1
 
