@@ -188,7 +188,7 @@ def _forward_logprobs(graphdef, state, tokens, targets, *, top_k: int):
 def bucket_lengths(max_length: int, smallest: int = 16) -> tuple[int, ...]:
     """Padded lengths used for batches: four per octave from ``smallest`` (b, 1.25 b, 1.5 b, 1.75 b, 2 b,
     ...), capped by ``max_length``. At most ~25% of a row is padding (power-of-two buckets wasted 32%
-    of the tokens on the Global PIQA fixture; these ~8%, for 1.3x the items/s), and an evaluation
+    of the tokens on the Global PIQA fixture; these 9%, for 1.3x the items/s), and an evaluation
     compiles at most 4 shapes per doubling of the sequence length."""
     if max_length <= 0:
         raise ValueError(f"max_length: expected a positive integer, got {max_length}")
