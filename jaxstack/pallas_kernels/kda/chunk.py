@@ -319,10 +319,10 @@ def _name(x, name):
     return checkpoint_name(x, name)
 
 
-# What the backward keeps from the forward (everything else is recomputed from the inputs): the
-# per-chunk matrices Aqk, Akk, (I + Akk)^-1 ([C, C] per chunk), the state entering each chunk ([K, V]
-# per chunk) and the pseudo-values Vn ([C, V] per chunk), i.e. O(T * (C + V) + T / C * K * V) per head.
-# This keeps the backward from re-running the intra-chunk work and the sequential state scan.
+# What the backward keeps from the forward (everything else is recomputed from the inputs): the raw
+# decay Grams ([2, C, C] per chunk, before beta is folded in), (I + Akk)^-1 ([C, C]), W and U
+# ([C, K + V]) and the state entering each chunk ([K, V]), i.e. O(T * (C + K + V) + T / C * K * V) per
+# head. This keeps the backward from re-running the intra-chunk work and the sequential state scan.
 _SAVED = ("kda_A", "kda_Tinv", "kda_WU", "kda_states")
 
 
