@@ -39,6 +39,7 @@ def attention_mask(
     key_valid_length: jax.Array | None = None,
     segment_ids: jax.Array | None = None,
     sliding_window: int | None = None,
+    allowed: jax.Array | None = None,
 ) -> jax.Array:
     """Boolean mask [B or 1, 1, T, S]: True where query t may attend to key slot s.
 
@@ -46,6 +47,9 @@ def attention_mask(
     key_valid_length: [B] number of filled key slots (after this call's writes).
     segment_ids: [B, T] (no cache) -- queries attend only within their own segment.
     sliding_window: keys with ``query_slot - key_slot >= sliding_window`` are masked (HF semantics).
+    allowed: [B, T, S] bool, a further restriction ANDed with the rest (e.g. a tree of branches that
+      share a prefix: each branch sees the prefix and itself, not its siblings). It never lifts the
+      causal rule.
     """
     q_slot = jnp.arange(query_length)[None, :, None]
     if query_offset is not None:
@@ -58,6 +62,8 @@ def attention_mask(
         mask = mask & (q_slot - k_slot < sliding_window)
     if segment_ids is not None:
         mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    if allowed is not None:
+        mask = mask & allowed
     return mask[:, None, :, :]
 
 
@@ -91,6 +97,8 @@ def dot_product_attention(
         # jax.nn.dot_product_attention asks for the F16_F16_F32 dot algorithm, which XLA:CPU rejects
         # at compile time under jit; this is the same math on CPU.
         return _float16_attention_cpu(q, k, v, mask=mask, is_causal=is_causal, sliding_window=sliding_window)
+    if q.dtype == jnp.float32 and implementation in (None, "xla") and jax.default_backend() == "cpu":
+        return _float32_attention_cpu(q, k, v, mask=mask, is_causal=is_causal, sliding_window=sliding_window)
     local_window = None
     if is_causal and sliding_window is not None:
         local_window = (sliding_window - 1, 0)
@@ -121,6 +129,30 @@ def _float16_attention_cpu(q, k, v, *, mask, is_causal, sliding_window):
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min * 0.7)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("bnts,bsnh->btnh", probs, v)
+
+
+def _float32_attention_cpu(q, k, v, *, mask, is_causal, sliding_window):
+    """The same math as ``jax.nn.dot_product_attention``'s XLA path, laid out for XLA:CPU: heads-major
+    batched matmuls (``[B, H, T, hd] @ [B, H, hd, S]``), the mask as an additive bias, and the softmax
+    normaliser applied after ``P @ V`` (to ``[B, H, T, hd]`` instead of ``[B, H, T, S]``). About 2x
+    faster on CPU at small head dims (``[16, 128]`` tokens, 4 heads of 12: 1.1 vs 2.2 ms); outputs
+    agree to float32 rounding. Fully masked rows attend uniformly, as in jax's XLA path."""
+    heads, kv_heads, head_dim = q.shape[2], k.shape[2], q.shape[3]
+    if heads != kv_heads:
+        k = jnp.repeat(k, heads // kv_heads, axis=2)
+        v = jnp.repeat(v, heads // kv_heads, axis=2)
+    qh = jnp.transpose(q * jnp.float32(1.0 / np.sqrt(head_dim)), (0, 2, 1, 3))
+    logits = jnp.matmul(qh, jnp.transpose(k, (0, 2, 3, 1)), precision=jax.lax.Precision.HIGHEST)
+    if is_causal:
+        causal = attention_mask(q.shape[1], k.shape[1], sliding_window=sliding_window)
+        mask = causal if mask is None else (mask & causal)
+    if mask is not None:
+        logits = logits + jnp.where(mask, jnp.float32(0), jnp.finfo(jnp.float32).min * 0.7)
+    peak = jnp.max(logits, axis=-1, keepdims=True)
+    weights = jnp.exp(logits - peak)
+    total = jnp.sum(weights, axis=-1, keepdims=True)
+    out = jnp.matmul(weights, jnp.transpose(v, (0, 2, 1, 3)), precision=jax.lax.Precision.HIGHEST) / total
+    return jnp.transpose(out, (0, 2, 1, 3))
 
 
 class Attention(nnx.Module):
@@ -182,8 +214,11 @@ class Attention(nnx.Module):
         *,
         segment_ids: jax.Array | None = None,
         cache: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+        attention_allowed: jax.Array | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         """x: [B, T, D] (compute dtype); rope: (cos, sin) [B, T, hd] float32.
+
+        attention_allowed: [B, T, T] bool (no cache), ANDed with the causal (and segment / window) mask.
 
         cache: ``(k [B, S, KV, hd], v [B, S, KV, hd], lengths [B])`` with ``lengths`` the number of slots
         filled *before* this call; the T new keys are written at slots ``lengths .. lengths + T``.
@@ -196,14 +231,16 @@ class Attention(nnx.Module):
         new_cache = None
         if cache is None:
             mask = None
-            is_causal = segment_ids is None
-            if segment_ids is not None:
+            is_causal = segment_ids is None and attention_allowed is None
+            if not is_causal:
                 mask = attention_mask(
-                    x.shape[1], x.shape[1], segment_ids=segment_ids, sliding_window=self.sliding_window
+                    x.shape[1], x.shape[1], segment_ids=segment_ids, sliding_window=self.sliding_window,
+                    allowed=attention_allowed,
                 )
         else:
-            if segment_ids is not None:
-                raise ValueError("segment_ids: not supported together with a KV cache (decode one sequence per row)")
+            if segment_ids is not None or attention_allowed is not None:
+                raise ValueError("segment_ids / attention_allowed: not supported together with a KV cache "
+                                 "(decode one sequence per row)")
             cache_k, cache_v, lengths = cache
             cache_k = _write_rows(cache_k, k, lengths)
             cache_v = _write_rows(cache_v, v, lengths)
