@@ -27,6 +27,7 @@ Conventions, each matching lm-eval 0.4.x (``lm_eval/api/model.py``, ``lm_eval/mo
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import warnings
 from collections.abc import Sequence
@@ -143,6 +144,52 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return context_ids, whole[len(context_ids):]
 
 
+def encode_pairs(tokenizer, requests: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """``[encode_pair(tokenizer, context, continuation) for ...]``, with one ``encode_batch`` call per
+    special-token setting over the distinct strings (contexts repeat once per choice), and the prefix
+    token looked up once. Same ids as :func:`encode_pair` (tested)."""
+    backend = _backend(tokenizer)
+    if backend is None:
+        return [encode_pair(tokenizer, context, continuation) for context, continuation in requests]
+    plans, texts = [], {}
+    prefix_text = None
+    for context, continuation in requests:
+        if not isinstance(context, str) or not isinstance(continuation, str):
+            raise ValueError(f"request: expected (context: str, continuation: str), got ({context!r}, {continuation!r})")
+        if context == "":
+            plans.append((None, continuation))
+            texts[(continuation, False)] = None
+            continue
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces > 0:
+            continuation = context[-n_spaces:] + continuation
+            context = context[:-n_spaces]
+        if prefix_text is None:
+            prefix_text = backend.decode([prefix_token_id(tokenizer)], skip_special_tokens=False)
+        keys = tuple((text, not (prefix_text and text.startswith(prefix_text))) for text in (context + continuation, context))
+        plans.append(keys)
+        texts.update(dict.fromkeys(keys))
+    # encode_batch_fast (tokenizers >= 0.21) skips the character offsets we do not use: same ids
+    encode_batch = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+    for flag in (False, True):
+        batch = [text for text, special in texts if special == flag]
+        for text, encoding in zip(batch, encode_batch(batch, add_special_tokens=flag) if batch else ()):
+            texts[(text, flag)] = encoding.ids
+    pairs = []
+    for plan in plans:
+        if plan[0] is None:
+            continuation_ids = list(texts[(plan[1], False)])
+            prefix = prefix_token_id(tokenizer)
+            if continuation_ids and continuation_ids[0] == prefix:
+                pairs.append((continuation_ids[:1], continuation_ids[1:]))
+            else:
+                pairs.append(([prefix], continuation_ids))
+            continue
+        whole, context_ids = texts[plan[0]], list(texts[plan[1]])
+        pairs.append((context_ids, list(whole[len(context_ids):])))
+    return pairs
+
+
 # ----------------------------------------------------------------------------------------------------
 # The math: pure functions and a plain-numpy reference
 
@@ -179,6 +226,171 @@ def token_logprobs_reference(logits: np.ndarray, targets: np.ndarray) -> tuple[n
 def _forward_logprobs(graphdef, state, tokens, targets, *, top_k: int):
     model = nnx.merge(graphdef, state)
     return token_logprobs(model(tokens).logits, targets, top_k)
+
+
+def target_logprobs_and_greedy(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """log p(target) and whether the target is the argmax, without an argmax.
+
+    logits: [B, P, V] (log-softmax in float32). targets: [B, P] int. Returns (target_logprobs [B, P]
+    f32, is_greedy [B, P] bool). ``is_greedy`` equals ``argmax(logits) == target`` with argmax's
+    first-index tie rule: no logit exceeds the target's and none equals it at a lower token id. One
+    fused compare-and-reduce over the vocabulary instead of a variadic (value, index) argmax reduction.
+    """
+    logits = logits.astype(jnp.float32)
+    targets = targets.astype(jnp.int32)
+    target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    beaten = (logits > target[..., None]) | ((logits == target[..., None]) & (ids < targets[..., None]))
+    return target - jax.nn.logsumexp(logits, axis=-1), ~jnp.any(beaten, axis=-1)
+
+
+def tree_attention_allowed(segment_ids: jax.Array, branch_ids: jax.Array) -> jax.Array:
+    """[B, T, T] bool: query t may see key s iff both are in the same segment and s is on the trunk
+    (branch 0, the shared context) or on t's own branch. ANDed with the causal mask by the model.
+
+    segment_ids, branch_ids: [B, T] int.
+    """
+    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
+    key_branch = branch_ids[:, None, :]
+    return same_segment & ((key_branch == 0) | (key_branch == branch_ids[:, :, None]))
+
+
+def _tree_scores_fn(graphdef, treedef):
+    """A jitted ``(state leaves, tokens, positions, segment_ids, branch_ids, indices, targets) ->
+    (target log-probs, is_greedy)`` for one model structure. It closes over the graph definition so
+    that a call hashes no GraphDef and flattens no nnx.State (a measurable share of a small model's
+    evaluation time)."""
+
+    @jax.jit
+    def scores(leaves, tokens, positions, segment_ids, branch_ids, indices, targets):
+        model = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+        allowed = tree_attention_allowed(segment_ids, branch_ids)
+        logits = model(tokens, positions, attention_allowed=allowed, logits_indices=indices).logits
+        return target_logprobs_and_greedy(logits, targets)
+
+    return scores
+
+
+def supports_prefix_sharing(model) -> bool:
+    """Whether ``model(tokens, positions, attention_allowed=..., logits_indices=...)`` is accepted
+    (Llama-family models; not the recurrent Kimi Linear, whose KDA state cannot branch)."""
+    try:
+        parameters = inspect.signature(model.__call__).parameters
+    except (TypeError, ValueError):
+        return False
+    return "attention_allowed" in parameters and "logits_indices" in parameters
+
+
+# ----------------------------------------------------------------------------------------------------
+# Prefix-shared packing: every request with the same context tokens is one piece of a row, the context
+# once, then each distinct continuation (minus its last token, which is only a target) as a branch
+# that sees the context and itself. Pieces are packed first-fit into rows of a bucketed length.
+
+
+@dataclass
+class _Piece:
+    """One context and some of its continuations (``branches``: (continuation, request indices))."""
+
+    context: tuple[int, ...]
+    branches: list[tuple[tuple[int, ...], list[int]]]
+
+    @property
+    def footprint(self) -> int:  # input tokens in a row
+        return len(self.context) + sum(len(c) - 1 for c, _ in self.branches)
+
+    @property
+    def n_scored(self) -> int:  # logits positions
+        return sum(len(c) for c, _ in self.branches)
+
+
+def _pieces(sequences: Sequence[Sequence[int]], lengths: Sequence[int], max_row: int, offset: int = 0) -> list[_Piece]:
+    """Groups requests by context (then by continuation: identical requests are scored once) and
+    splits a group whose footprint exceeds ``max_row`` into pieces that repeat the context. Request
+    indices (the owners) start at ``offset``."""
+    groups: dict[tuple[int, ...], dict[tuple[int, ...], list[int]]] = {}
+    for index, (sequence, n) in enumerate(zip(sequences, lengths), start=offset):
+        context, continuation = tuple(sequence[:-n]), tuple(sequence[-n:])
+        groups.setdefault(context, {}).setdefault(continuation, []).append(index)
+    pieces = []
+    for context, branches in groups.items():
+        piece = _Piece(context, [])
+        for continuation, owners in branches.items():
+            if piece.branches and piece.footprint + len(continuation) - 1 > max_row:
+                pieces.append(piece)
+                piece = _Piece(context, [])
+            piece.branches.append((continuation, owners))
+        pieces.append(piece)
+    return pieces
+
+
+def _context_chunks(requests: Sequence[tuple[str, str]], size: int) -> list[tuple[int, int]]:
+    """[first, last) index ranges of about ``size`` requests each, cut only where the context string
+    changes (so the choices of one item stay together and can share their context)."""
+    bounds, first = [], 0
+    for index in range(1, len(requests) + 1):
+        if index == len(requests) or (index - first >= size and requests[index][0] != requests[index - 1][0]):
+            bounds.append((first, index))
+            first = index
+    return bounds
+
+
+def _pack_rows(pieces: Sequence[_Piece], rows: int, row_length: int) -> list[list[_Piece]]:
+    """First-fit of ``pieces`` (in order) into at most ``rows`` rows of ``row_length`` tokens; stops at
+    the first piece that fits nowhere. Returns the filled rows (their pieces consumed in order)."""
+    filled: list[list[_Piece]] = []
+    free: list[int] = []
+    for piece in pieces:
+        need = piece.footprint
+        for row, room in enumerate(free):
+            if need <= room:
+                filled[row].append(piece)
+                free[row] -= need
+                break
+        else:
+            if len(filled) == rows or need > row_length:
+                break
+            filled.append([piece])
+            free.append(row_length - need)
+    return filled
+
+
+def _tree_batch(packed: Sequence[Sequence[_Piece]], rows: int, row_length: int, scored_length: int):
+    """Arrays for one prefix-shared batch and where each branch's scores land.
+
+    Returns (tokens, positions, segment_ids, branch_ids [rows, row_length], indices, targets
+    [rows, scored_length], spans: list of (row, first scored column, n, request indices)).
+    Padding: segment 0, branch 0, position 0 (it only attends to padding; its scores are ignored).
+    """
+    tokens = np.zeros((rows, row_length), np.int32)
+    positions = np.zeros((rows, row_length), np.int32)
+    segments = np.zeros((rows, row_length), np.int32)
+    branch_ids = np.zeros((rows, row_length), np.int32)
+    indices = np.zeros((rows, scored_length), np.int32)
+    targets = np.zeros((rows, scored_length), np.int32)
+    ramp = np.arange(row_length, dtype=np.int32)
+    spans = []
+    for row, pieces in enumerate(packed):
+        slot = column = branch = 0
+        for segment, piece in enumerate(pieces, start=1):
+            n_context = len(piece.context)
+            tokens[row, slot:slot + n_context] = piece.context
+            positions[row, slot:slot + n_context] = ramp[:n_context]
+            segments[row, slot:slot + piece.footprint] = segment
+            last_context_slot = slot + n_context - 1
+            slot += n_context
+            for continuation, owners in piece.branches:
+                branch += 1
+                n = len(continuation)
+                tokens[row, slot:slot + n - 1] = continuation[:-1]
+                positions[row, slot:slot + n - 1] = ramp[n_context:n_context + n - 1]
+                branch_ids[row, slot:slot + n - 1] = branch
+                indices[row, column] = last_context_slot
+                indices[row, column + 1:column + n] = ramp[slot:slot + n - 1]
+                targets[row, column:column + n] = continuation
+                spans.append((row, column, n, owners))
+                slot += n - 1
+                column += n
+    return tokens, positions, segments, branch_ids, indices, targets, spans
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -232,16 +444,34 @@ class LoglikelihoodScorer:
     rows, ``max(1, max_batch_tokens // bucket)``, because the logits [rows, bucket, vocab] are
     materialised in float32 (8192 tokens x a 49k vocabulary = 1.6 GB). The scorer holds a snapshot
     of the model's parameters (``nnx.split`` at construction): build a new one after training steps.
+
+    share_prefix: how ``loglikelihood_tokens`` lays out requests. ``True``: requests with the same
+    context tokens share one copy of it -- the context, then each continuation as a branch that
+    attends to the context and itself only (a tree mask, positions continuing the context), several
+    such pieces packed first-fit into each row, and logits computed only at the scored positions.
+    Same numbers as scoring each request alone, up to float32 summation order (the per-request path
+    is tested against it). ``False``: one request per row, as lm-eval does. ``None`` (default):
+    ``True`` when the model accepts ``attention_allowed`` / ``logits_indices`` (Llama family), else
+    ``False`` (Kimi Linear: a recurrent state cannot branch); ``self.share_prefix`` says which.
+    ``batch_size`` is rows per forward either way.
     """
 
     def __init__(self, model, tokenizer=None, *, max_length: int | None = None, batch_size: int = 16,
-                 min_bucket: int = 16, max_batch_tokens: int = 8192):
+                 min_bucket: int = 16, max_batch_tokens: int = 8192, share_prefix: bool | None = None):
         if batch_size <= 0:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
         if max_batch_tokens <= 0:
             raise ValueError(f"max_batch_tokens: expected a positive integer, got {max_batch_tokens}")
         self.max_batch_tokens = max_batch_tokens
+        supported = supports_prefix_sharing(model)
+        if share_prefix and not supported:
+            raise ValueError(f"share_prefix: {type(model).__name__} does not accept attention_allowed / "
+                             "logits_indices; pass share_prefix=False (or None)")
+        self.share_prefix = supported if share_prefix is None else bool(share_prefix)
         self.graphdef, self.state = nnx.split(model)
+        leaves, treedef = jax.tree.flatten(self.state)
+        self._leaves = leaves
+        self._tree_scores = _tree_scores_fn(self.graphdef, treedef) if self.share_prefix else None
         self.config = getattr(model, "config", None)
         if max_length is None:
             max_length = getattr(self.config, "max_position_embeddings", None)
@@ -301,10 +531,11 @@ class LoglikelihoodScorer:
         bar.close()
         return [scored[unique[tuple(int(t) for t in sequence)]] for sequence in sequences]  # type: ignore[misc]
 
-    def token_requests(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]):
-        """Applies lm-eval's left truncation. Returns (sequences, continuation lengths, n truncated)."""
+    def token_requests(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *, offset: int = 0):
+        """Applies lm-eval's left truncation. Returns (sequences, continuation lengths, n truncated).
+        ``offset``: index of ``requests[0]`` in the caller's list (for error messages)."""
         sequences, lengths, truncated = [], [], 0
-        for index, (context_ids, continuation_ids) in enumerate(requests):
+        for index, (context_ids, continuation_ids) in enumerate(requests, start=offset):
             if len(continuation_ids) == 0:
                 raise ValueError(f"requests[{index}]: the continuation encodes to no tokens")
             if len(continuation_ids) > self.max_length:
@@ -325,33 +556,100 @@ class LoglikelihoodScorer:
     def loglikelihood_tokens(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *,
                              progress: bool = True) -> list[tuple[float, bool]]:
         """(sum of continuation log-probs, continuation is the greedy decode) per (context_ids, continuation_ids)."""
-        sequences, lengths, truncated = self.token_requests(requests)
-        if truncated:
-            self.truncated += truncated
-            warnings.warn(
-                f"loglikelihood: {truncated} of {len(requests)} requests exceed the model's context of "
-                f"{self.max_length} tokens; their contexts were truncated from the left (as lm-eval does)",
-                stacklevel=3,
-            )
-        scored = self.score_sequences(sequences, progress=progress, desc="loglikelihood")
-        out = []
-        for sequence, result, length in zip(sequences, scored, lengths):
-            logprobs = result.logprobs[-length:]
-            greedy = bool(np.all(result.top_tokens[-length:, 0] == np.asarray(sequence[-length:])))
-            out.append((float(np.sum(logprobs, dtype=np.float64)), greedy))
-        return out
+        return self._loglikelihood([(0, list(requests))], len(requests), progress=progress)
 
     def loglikelihoods(self, requests: Sequence[tuple[str, str]], *, batch_size: int | None = None,
                        progress: bool = True) -> list[tuple[float, bool]]:
-        """lm-eval ``loglikelihood`` on (context, continuation) strings."""
+        """lm-eval ``loglikelihood`` on (context, continuation) strings.
+
+        With ``share_prefix``, requests are tokenised in chunks of about ``PIPELINE_REQUESTS`` (cut where
+        the context changes) and each chunk's batches are dispatched before the next chunk is tokenised,
+        so tokenisation overlaps the (asynchronous) forward passes of the previous chunk. Rows are sorted
+        by length within a chunk.
+        """
         if self.tokenizer is None:
             raise ValueError("tokenizer: this scorer was built without one; use loglikelihood_tokens")
         if batch_size is not None and batch_size != self.batch_size:
             if batch_size <= 0:
                 raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
             self.batch_size = batch_size
-        pairs = [encode_pair(self.tokenizer, context, continuation) for context, continuation in requests]
-        return self.loglikelihood_tokens(pairs, progress=progress)
+        requests = list(requests)
+        if not self.share_prefix:
+            return self.loglikelihood_tokens(encode_pairs(self.tokenizer, requests), progress=progress)
+        chunks = ((first, encode_pairs(self.tokenizer, requests[first:last]))
+                  for first, last in _context_chunks(requests, self.PIPELINE_REQUESTS))
+        return self._loglikelihood(chunks, len(requests), progress=progress)
+
+    PIPELINE_REQUESTS = 256
+
+    def _loglikelihood(self, chunks, total: int, *, progress: bool) -> list[tuple[float, bool]]:
+        """Scores ``chunks`` of (offset, token requests); the chunk generator is consumed lazily."""
+        from tqdm.auto import tqdm
+
+        out: list[tuple[float, bool] | None] = [None] * total
+        truncated = 0
+        bar = tqdm(total=total, desc="loglikelihood", unit="req", disable=not progress, leave=False)
+        pending = []  # dispatched batches: jax runs them asynchronously while the host prepares more
+        for offset, requests in chunks:
+            sequences, lengths, n_truncated = self.token_requests(requests, offset=offset)
+            truncated += n_truncated
+            if self.share_prefix:
+                pending.extend(self._dispatch_tree(sequences, lengths, offset))
+                continue
+            scored = self.score_sequences(sequences, progress=progress, desc="loglikelihood")
+            for index, (sequence, result, length) in enumerate(zip(sequences, scored, lengths), start=offset):
+                greedy = bool(np.all(result.top_tokens[-length:, 0] == np.asarray(sequence[-length:])))
+                out[index] = (float(np.sum(result.logprobs[-length:], dtype=np.float64)), greedy)
+            bar.update(len(sequences))
+        for spans, outputs, n_requests in pending:
+            logprobs, greedy = jax.device_get(outputs)
+            # span sums as differences of float64 running sums (one numpy pass per batch, not per span)
+            totals = np.zeros((logprobs.shape[0], logprobs.shape[1] + 1))
+            np.cumsum(logprobs, axis=1, dtype=np.float64, out=totals[:, 1:])
+            misses = np.zeros(totals.shape, np.int64)
+            np.cumsum(~greedy, axis=1, out=misses[:, 1:])
+            rows, first, n = (np.asarray(column) for column in zip(*(span[:3] for span in spans)))
+            sums = (totals[rows, first + n] - totals[rows, first]).tolist()
+            all_greedy = (misses[rows, first + n] == misses[rows, first]).tolist()
+            for (_, _, _, owners), total, is_greedy in zip(spans, sums, all_greedy):
+                for owner in owners:
+                    out[owner] = (total, is_greedy)
+            bar.update(n_requests)
+        bar.close()
+        if truncated:
+            self.truncated += truncated
+            warnings.warn(
+                f"loglikelihood: {truncated} of {total} requests exceed the model's context of "
+                f"{self.max_length} tokens; their contexts were truncated from the left (as lm-eval does)",
+                stacklevel=3,
+            )
+        return out  # type: ignore[return-value]
+
+    def _dispatch_tree(self, sequences, lengths, offset: int):
+        """Dispatches the ``share_prefix`` batches of already-truncated sequences (see the class
+        docstring). Returns [(spans with owners offset by ``offset``, device outputs, n requests)]."""
+        vocab = getattr(self.config, "vocab_size", None)
+        if vocab is not None:
+            for index, sequence in enumerate(sequences, start=offset):
+                if min(sequence) < 0 or max(sequence) >= vocab:
+                    raise ValueError(f"requests[{index}]: token ids must be in [0, {vocab}), got "
+                                     f"[{min(sequence)}, {max(sequence)}]")
+        pieces = sorted(_pieces(sequences, lengths, self.buckets[-1], offset), key=lambda piece: -piece.footprint)
+        pending = []
+        start = 0
+        while start < len(pieces):
+            row_length = _bucket_for(pieces[start].footprint, self.buckets)
+            rows = max(1, min(self.batch_size, self.max_batch_tokens // row_length))
+            packed = _pack_rows(pieces[start:], rows, row_length)
+            taken = sum(len(row) for row in packed)
+            scored = max(sum(piece.n_scored for piece in row) for row in packed)
+            scored_length = _bucket_for(scored, bucket_lengths(max(scored, self.buckets[-1]), self.buckets[0]))
+            arrays = _tree_batch(packed, rows, row_length, scored_length)
+            outputs = self._tree_scores(self._leaves, *arrays[:6])
+            n_requests = sum(len(owners) for piece in pieces[start:start + taken] for _, owners in piece.branches)
+            pending.append((arrays[6], outputs, n_requests))
+            start += taken
+        return pending
 
 
 def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], *, batch_size: int = 16,
@@ -476,6 +774,7 @@ __all__ = [
     "bucket_lengths",
     "encode",
     "encode_pair",
+    "encode_pairs",
     "evaluate_multiple_choice",
     "loglikelihoods",
     "mean_stderr",

@@ -138,11 +138,11 @@ class CompletionsClient:
     def loglikelihoods(self, requests: Sequence[tuple[str, str]], *, batch_size: int = 16,
                        progress: bool = True) -> list[tuple[float, bool]]:
         """lm-eval ``loglikelihood`` through the server (see the module docstring)."""
-        from jaxstack.evals.scoring import encode_pair
+        from jaxstack.evals.scoring import encode_pairs
 
         if self.tokenizer is None:
             raise ValueError("tokenizer: CompletionsClient needs the model's tokenizer to score log-likelihoods")
-        pairs = [encode_pair(self.tokenizer, context, continuation) for context, continuation in requests]
+        pairs = encode_pairs(self.tokenizer, requests)
         return self.loglikelihood_tokens(pairs, batch_size=batch_size, progress=progress)
 
 

@@ -80,19 +80,22 @@ class DecoderLayer(nnx.Module):
         self.post_attention_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, policy=policy)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, init_std=std, policy=policy, rngs=rngs)
 
-    def __call__(self, x, rope, *, segment_ids=None, cache=None):
+    def __call__(self, x, rope, *, segment_ids=None, cache=None, attention_allowed=None):
         """x: [B, T, D]. cache: (k [B,S,KV,hd], v, lengths [B]) or None. Returns (x, (k, v) or None)."""
-        attended, new_cache = self.attention(self.input_norm(x), rope, segment_ids=segment_ids, cache=cache)
+        attended, new_cache = self.attention(self.input_norm(x), rope, segment_ids=segment_ids, cache=cache,
+                                             attention_allowed=attention_allowed)
         x = x + attended
         x = x + self.mlp(self.post_attention_norm(x))
         return x, new_cache
 
 
-def _layer_step(layer: DecoderLayer, x, rope, segment_ids, layer_cache, lengths, layer_index):
-    """One layer. ``layer_index`` is data (traced under scan): interventions/capture hook in here."""
+def _layer_step(layer: DecoderLayer, x, rope, masks, layer_cache, lengths, layer_index):
+    """One layer. ``masks`` = (segment_ids, attention_allowed). ``layer_index`` is data (traced under
+    scan): interventions/capture hook in here."""
     del layer_index  # reserved for interventions / capture (DESIGN principle 5)
     cache = None if layer_cache is None else (layer_cache[0], layer_cache[1], lengths)
-    return layer(x, rope, segment_ids=segment_ids, cache=cache)
+    segment_ids, allowed = masks
+    return layer(x, rope, segment_ids=segment_ids, cache=cache, attention_allowed=allowed)
 
 
 class LlamaForCausalLM(nnx.Module):
@@ -121,14 +124,22 @@ class LlamaForCausalLM(nnx.Module):
         *,
         segment_ids: jax.Array | None = None,
         cache: KVCache | None = None,
+        attention_allowed: jax.Array | None = None,
+        logits_indices: jax.Array | None = None,
     ) -> ModelOutput:
         """tokens: [B, T] int. positions: [B, T] int (default: 0..T-1, or continuing the cache).
 
         segment_ids: [B, T] int for packed sequences (attention stays within a segment; pass positions
         that restart per segment). cache: a KVCache to decode with (the T tokens are appended).
-        Returns ModelOutput(logits [B, T, V] in policy.output_dtype, cache).
+        attention_allowed: [B, T, T] bool (no cache), ANDed with the causal mask: e.g. several
+        continuations packed after one shared context, each seeing the context and itself only
+        (``jaxstack.evals.scoring`` scores multiple-choice items this way).
+        logits_indices: [B, P] int, token indices at which to compute logits (the LM head runs on P
+        positions instead of T); default all.
+        Returns ModelOutput(logits [B, T or P, V] in policy.output_dtype, cache).
         """
         self._check_inputs(tokens, positions, segment_ids, cache)
+        _check_tree_inputs(tokens, attention_allowed, logits_indices, cache)
         batch, length = tokens.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
@@ -138,7 +149,9 @@ class LlamaForCausalLM(nnx.Module):
             positions, self.config.head_dim, self.config.rope_theta, self.config.rope_scaling, self.policy.accum_dtype
         )
         x = self.embed(tokens)
-        x, new_kv = self._run_layers(x, rope, segment_ids, cache)
+        x, new_kv = self._run_layers(x, rope, (segment_ids, attention_allowed), cache)
+        if logits_indices is not None:
+            x = jnp.take_along_axis(x, logits_indices[:, :, None].astype(jnp.int32), axis=1)
         x = self.norm(x)
         if self.lm_head is None:
             logits = self.embed.attend(x)
@@ -150,13 +163,13 @@ class LlamaForCausalLM(nnx.Module):
             new_cache = KVCache(k=new_kv[0], v=new_kv[1], lengths=cache.lengths + length)
         return ModelOutput(logits=logits.astype(self.policy.output_dtype), cache=new_cache)
 
-    def _run_layers(self, x, rope, segment_ids, cache):
+    def _run_layers(self, x, rope, masks, cache):
         lengths = None if cache is None else cache.lengths
         if not self.config.scan_layers:
             ks, vs = [], []
             for index, layer in enumerate(self.layers):
                 layer_cache = None if cache is None else (cache.k[index], cache.v[index])
-                x, kv = _layer_step(layer, x, rope, segment_ids, layer_cache, lengths, index)
+                x, kv = _layer_step(layer, x, rope, masks, layer_cache, lengths, index)
                 if kv is not None:
                     ks.append(kv[0])
                     vs.append(kv[1])
@@ -168,7 +181,7 @@ class LlamaForCausalLM(nnx.Module):
         def body(carry, xs):
             layer_state, layer_cache, index = xs
             layer = nnx.merge(graphdef, layer_state)
-            y, kv = _layer_step(layer, carry, rope, segment_ids, layer_cache, lengths, index)
+            y, kv = _layer_step(layer, carry, rope, masks, layer_cache, lengths, index)
             return y, kv
 
         if remat:
@@ -193,6 +206,22 @@ class LlamaForCausalLM(nnx.Module):
                 raise ValueError(f"cache: expected k of shape [L={expected[0]}, B={expected[1]}, ...], got {list(cache.k.shape)}")
             if tokens.shape[1] > cache.max_length:
                 raise ValueError(f"tokens: {tokens.shape[1]} tokens do not fit a cache of {cache.max_length} slots")
+
+
+def _check_tree_inputs(tokens, attention_allowed, logits_indices, cache):
+    batch, length = tokens.shape
+    if attention_allowed is not None:
+        if attention_allowed.shape != (batch, length, length) or attention_allowed.dtype != jnp.bool_:
+            raise ValueError(f"attention_allowed: expected a bool array [B, T, T] = {[batch, length, length]}, "
+                             f"got {attention_allowed.dtype}{list(attention_allowed.shape)}")
+        if cache is not None:
+            raise ValueError("attention_allowed: not supported together with a KV cache")
+    if logits_indices is not None and (
+        logits_indices.ndim != 2 or logits_indices.shape[0] != batch
+        or not jnp.issubdtype(logits_indices.dtype, jnp.integer)
+    ):
+        raise ValueError(f"logits_indices: expected an integer array [B={batch}, P], "
+                         f"got {logits_indices.dtype}{list(logits_indices.shape)}")
 
 
 def _stacked_layers(config: LlamaConfig, policy: DtypePolicy, rngs: nnx.Rngs) -> DecoderLayer:

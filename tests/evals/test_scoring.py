@@ -54,10 +54,12 @@ def _reference(model, tokenizer, requests, max_length):
     return out
 
 
-def test_loglikelihoods_match_numpy_reference(random_model, tokenizer):
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_loglikelihoods_match_numpy_reference(random_model, tokenizer, share_prefix):
+    scorer = LoglikelihoodScorer(random_model, tokenizer, batch_size=4, share_prefix=share_prefix)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ours = loglikelihoods(random_model, tokenizer, REQUESTS, batch_size=4, progress=False)
+        ours = scorer.loglikelihoods(REQUESTS, progress=False)
     assert any("truncated from the left" in str(w.message) for w in caught), "truncation must be announced"
     reference = _reference(random_model, tokenizer, REQUESTS, max_length=64)
     for (ll, greedy), (ref_ll, ref_greedy) in zip(ours, reference):
@@ -91,7 +93,7 @@ def test_encode_pair_follows_lm_eval(tokenizer):
 
 
 def test_one_compilation_per_bucket(random_model, tokenizer):
-    scorer = LoglikelihoodScorer(random_model, tokenizer, batch_size=4)
+    scorer = LoglikelihoodScorer(random_model, tokenizer, batch_size=4, share_prefix=False)
     assert scorer.buckets == (16, 20, 24, 28, 32, 40, 48, 56, 64)
     if not hasattr(scoring._forward_logprobs, "_cache_size"):
         pytest.skip("this jax version does not expose the jit cache size")
@@ -100,6 +102,16 @@ def test_one_compilation_per_bucket(random_model, tokenizer):
     requests = [([1] * n, [5, 6, 7]) for n in (19, 20, 21, 22, 19, 20, 21, 22)]
     scorer.loglikelihood_tokens(requests, progress=False)
     assert scoring._forward_logprobs._cache_size() - before == 1
+
+
+def test_one_compilation_per_bucket_shared_prefix(random_model, tokenizer):
+    scorer = LoglikelihoodScorer(random_model, tokenizer, batch_size=4)
+    assert scorer.share_prefix
+    # 8 distinct contexts of 19..22 tokens, 3-token continuations: footprints 21..24 -> rows of 24,
+    # 3 scored positions per row -> one [4, 24] x [4, 16] shape for both batches
+    requests = [([1] * n + [k], [5, 6, 7]) for k, n in enumerate((18, 19, 20, 21, 18, 19, 20, 21))]
+    scorer.loglikelihood_tokens(requests, progress=False)
+    assert scorer._tree_scores._cache_size() == 1
 
 
 def test_duplicates_scored_once_and_results_in_request_order(random_model, tokenizer):
