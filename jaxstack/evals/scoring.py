@@ -160,15 +160,17 @@ def encode_pairs(tokenizer, requests: Sequence[tuple[str, str]]) -> list[tuple[l
             plans.append((None, continuation))
             texts[(continuation, False)] = None
             continue
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces > 0:
-            continuation = context[-n_spaces:] + continuation
-            context = context[:-n_spaces]
+        stripped = context.rstrip()
+        if len(stripped) < len(context):
+            continuation = context[len(stripped):] + continuation
+            context = stripped
         if prefix_text is None:
             prefix_text = backend.decode([prefix_token_id(tokenizer)], skip_special_tokens=False)
-        keys = tuple((text, not (prefix_text and text.startswith(prefix_text))) for text in (context + continuation, context))
-        plans.append(keys)
-        texts.update(dict.fromkeys(keys))
+        whole = context + continuation
+        whole_key = (whole, not (prefix_text and whole.startswith(prefix_text)))
+        context_key = (context, not (prefix_text and context.startswith(prefix_text)))
+        plans.append((whole_key, context_key))
+        texts[whole_key] = texts[context_key] = None
     # encode_batch_fast (tokenizers >= 0.21) skips the character offsets we do not use: same ids
     encode_batch = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
     for flag in (False, True):
@@ -289,18 +291,21 @@ def supports_prefix_sharing(model) -> bool:
 
 @dataclass
 class _Piece:
-    """One context and some of its continuations (``branches``: (continuation, request indices))."""
+    """One context and some of its continuations (``branches``: (continuation, request indices)).
+    ``footprint``: its input tokens in a row; ``n_scored``: its logits positions."""
 
     context: tuple[int, ...]
-    branches: list[tuple[tuple[int, ...], list[int]]]
+    branches: list[tuple[tuple[int, ...], list[int]]] = field(default_factory=list)
+    footprint: int = 0
+    n_scored: int = 0
 
-    @property
-    def footprint(self) -> int:  # input tokens in a row
-        return len(self.context) + sum(len(c) - 1 for c, _ in self.branches)
+    def __post_init__(self):
+        self.footprint = len(self.context)
 
-    @property
-    def n_scored(self) -> int:  # logits positions
-        return sum(len(c) for c, _ in self.branches)
+    def add(self, continuation: tuple[int, ...], owners: list[int]) -> None:
+        self.branches.append((continuation, owners))
+        self.footprint += len(continuation) - 1
+        self.n_scored += len(continuation)
 
 
 def _pieces(sequences: Sequence[Sequence[int]], lengths: Sequence[int], max_row: int, offset: int = 0) -> list[_Piece]:
@@ -313,12 +318,12 @@ def _pieces(sequences: Sequence[Sequence[int]], lengths: Sequence[int], max_row:
         groups.setdefault(context, {}).setdefault(continuation, []).append(index)
     pieces = []
     for context, branches in groups.items():
-        piece = _Piece(context, [])
+        piece = _Piece(context)
         for continuation, owners in branches.items():
             if piece.branches and piece.footprint + len(continuation) - 1 > max_row:
                 pieces.append(piece)
-                piece = _Piece(context, [])
-            piece.branches.append((continuation, owners))
+                piece = _Piece(context)
+            piece.add(continuation, owners)
         pieces.append(piece)
     return pieces
 
@@ -562,8 +567,8 @@ class LoglikelihoodScorer:
                        progress: bool = True) -> list[tuple[float, bool]]:
         """lm-eval ``loglikelihood`` on (context, continuation) strings.
 
-        With ``share_prefix``, requests are tokenised in chunks of about ``PIPELINE_REQUESTS`` (cut where
-        the context changes) and each chunk's batches are dispatched before the next chunk is tokenised,
+        With ``share_prefix``, requests are tokenised in chunks of about ``PIPELINE_BATCHES * batch_size``
+        requests (cut where the context changes) and each chunk's batches are dispatched before the next chunk is tokenised,
         so tokenisation overlaps the (asynchronous) forward passes of the previous chunk. Rows are sorted
         by length within a chunk.
         """
@@ -577,10 +582,12 @@ class LoglikelihoodScorer:
         if not self.share_prefix:
             return self.loglikelihood_tokens(encode_pairs(self.tokenizer, requests), progress=progress)
         chunks = ((first, encode_pairs(self.tokenizer, requests[first:last]))
-                  for first, last in _context_chunks(requests, self.PIPELINE_REQUESTS))
+                  for first, last in _context_chunks(requests, self.PIPELINE_BATCHES * self.batch_size))
         return self._loglikelihood(chunks, len(requests), progress=progress)
 
-    PIPELINE_REQUESTS = 256
+    # Chunk size in batches: large enough that the length sort inside a chunk fills rows well (at least
+    # 8 full batches of 2-choice items per chunk), small enough to overlap tokenisation with compute.
+    PIPELINE_BATCHES = 16
 
     def _loglikelihood(self, chunks, total: int, *, progress: bool) -> list[tuple[float, bool]]:
         """Scores ``chunks`` of (offset, token requests); the chunk generator is consumed lazily."""

@@ -215,28 +215,40 @@ class Attention(nnx.Module):
         segment_ids: jax.Array | None = None,
         cache: tuple[jax.Array, jax.Array, jax.Array] | None = None,
         attention_allowed: jax.Array | None = None,
+        query_indices: jax.Array | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         """x: [B, T, D] (compute dtype); rope: (cos, sin) [B, T, hd] float32.
 
         attention_allowed: [B, T, T] bool (no cache), ANDed with the causal (and segment / window) mask.
+        query_indices: [B, P] int (no cache): queries only at these positions (keys/values from all T,
+          masks taken at the queries' own slots); the output is [B, P, D].
 
         cache: ``(k [B, S, KV, hd], v [B, S, KV, hd], lengths [B])`` with ``lengths`` the number of slots
         filled *before* this call; the T new keys are written at slots ``lengths .. lengths + T``.
         Returns (y [B, T, D], (k, v) updated or None).
         """
         x = x.astype(self.policy.compute_dtype)
-        q = apply_rope(self._project(x, self.q_proj, self.q_bias), *rope)
+        if query_indices is None:
+            q = apply_rope(self._project(x, self.q_proj, self.q_bias), *rope)
+        else:
+            if cache is not None:
+                raise ValueError("query_indices: not supported together with a KV cache")
+            take = lambda a: jnp.take_along_axis(a, query_indices[:, :, None], axis=1)  # noqa: E731
+            q = apply_rope(self._project(take(x), self.q_proj, self.q_bias), *(take(r) for r in rope))
         k = apply_rope(self._project(x, self.k_proj, self.k_bias), *rope)
         v = self._project(x, self.v_proj, self.v_bias)
         new_cache = None
         if cache is None:
             mask = None
-            is_causal = segment_ids is None and attention_allowed is None
+            is_causal = segment_ids is None and attention_allowed is None and query_indices is None
             if not is_causal:
                 mask = attention_mask(
                     x.shape[1], x.shape[1], segment_ids=segment_ids, sliding_window=self.sliding_window,
                     allowed=attention_allowed,
                 )
+            if query_indices is not None:  # the rows of the queries' own slots
+                mask = jnp.broadcast_to(mask, (x.shape[0],) + mask.shape[1:])
+                mask = jnp.take_along_axis(mask, query_indices[:, None, :, None], axis=2)
         else:
             if segment_ids is not None or attention_allowed is not None:
                 raise ValueError("segment_ids / attention_allowed: not supported together with a KV cache "

@@ -80,22 +80,30 @@ class DecoderLayer(nnx.Module):
         self.post_attention_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, policy=policy)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, init_std=std, policy=policy, rngs=rngs)
 
-    def __call__(self, x, rope, *, segment_ids=None, cache=None, attention_allowed=None):
-        """x: [B, T, D]. cache: (k [B,S,KV,hd], v, lengths [B]) or None. Returns (x, (k, v) or None)."""
+    def __call__(self, x, rope, *, segment_ids=None, cache=None, attention_allowed=None, query_indices=None):
+        """x: [B, T, D]. cache: (k [B,S,KV,hd], v, lengths [B]) or None. Returns (x, (k, v) or None).
+
+        query_indices: [B, P] (no cache): compute the layer's output only at these positions (keys and
+        values still come from all T); returns x [B, P, D]. Used for the last layer when only some
+        positions' logits are wanted.
+        """
         attended, new_cache = self.attention(self.input_norm(x), rope, segment_ids=segment_ids, cache=cache,
-                                             attention_allowed=attention_allowed)
+                                             attention_allowed=attention_allowed, query_indices=query_indices)
+        if query_indices is not None:
+            x = jnp.take_along_axis(x, query_indices[:, :, None], axis=1)
         x = x + attended
         x = x + self.mlp(self.post_attention_norm(x))
         return x, new_cache
 
 
-def _layer_step(layer: DecoderLayer, x, rope, masks, layer_cache, lengths, layer_index):
+def _layer_step(layer: DecoderLayer, x, rope, masks, layer_cache, lengths, layer_index, query_indices=None):
     """One layer. ``masks`` = (segment_ids, attention_allowed). ``layer_index`` is data (traced under
     scan): interventions/capture hook in here."""
     del layer_index  # reserved for interventions / capture (DESIGN principle 5)
     cache = None if layer_cache is None else (layer_cache[0], layer_cache[1], lengths)
     segment_ids, allowed = masks
-    return layer(x, rope, segment_ids=segment_ids, cache=cache, attention_allowed=allowed)
+    return layer(x, rope, segment_ids=segment_ids, cache=cache, attention_allowed=allowed,
+                 query_indices=query_indices)
 
 
 class LlamaForCausalLM(nnx.Module):
@@ -134,8 +142,10 @@ class LlamaForCausalLM(nnx.Module):
         attention_allowed: [B, T, T] bool (no cache), ANDed with the causal mask: e.g. several
         continuations packed after one shared context, each seeing the context and itself only
         (``jaxstack.evals.scoring`` scores multiple-choice items this way).
-        logits_indices: [B, P] int, token indices at which to compute logits (the LM head runs on P
-        positions instead of T); default all.
+        logits_indices: [B, P] int, token indices at which to compute logits; default all. Without a
+        cache the last layer also runs its queries, attention output and MLP at these P positions
+        only (the earlier layers' keys and values need every position, the last layer's outputs do
+        not), and the LM head runs on P positions instead of T.
         Returns ModelOutput(logits [B, T or P, V] in policy.output_dtype, cache).
         """
         self._check_inputs(tokens, positions, segment_ids, cache)
@@ -149,9 +159,12 @@ class LlamaForCausalLM(nnx.Module):
             positions, self.config.head_dim, self.config.rope_theta, self.config.rope_scaling, self.policy.accum_dtype
         )
         x = self.embed(tokens)
-        x, new_kv = self._run_layers(x, rope, (segment_ids, attention_allowed), cache)
         if logits_indices is not None:
-            x = jnp.take_along_axis(x, logits_indices[:, :, None].astype(jnp.int32), axis=1)
+            logits_indices = logits_indices.astype(jnp.int32)
+        prune = logits_indices if cache is None else None
+        x, new_kv = self._run_layers(x, rope, (segment_ids, attention_allowed), cache, prune)
+        if logits_indices is not None and prune is None:
+            x = jnp.take_along_axis(x, logits_indices[:, :, None], axis=1)
         x = self.norm(x)
         if self.lm_head is None:
             logits = self.embed.attend(x)
@@ -163,13 +176,16 @@ class LlamaForCausalLM(nnx.Module):
             new_cache = KVCache(k=new_kv[0], v=new_kv[1], lengths=cache.lengths + length)
         return ModelOutput(logits=logits.astype(self.policy.output_dtype), cache=new_cache)
 
-    def _run_layers(self, x, rope, masks, cache):
+    def _run_layers(self, x, rope, masks, cache, query_indices=None):
+        """All layers; with ``query_indices`` (no cache) the last one runs at those positions only."""
         lengths = None if cache is None else cache.lengths
+        last = self.config.num_layers - 1
         if not self.config.scan_layers:
             ks, vs = [], []
             for index, layer in enumerate(self.layers):
                 layer_cache = None if cache is None else (cache.k[index], cache.v[index])
-                x, kv = _layer_step(layer, x, rope, masks, layer_cache, lengths, index)
+                x, kv = _layer_step(layer, x, rope, masks, layer_cache, lengths, index,
+                                    query_indices if index == last else None)
                 if kv is not None:
                     ks.append(kv[0])
                     vs.append(kv[1])
@@ -188,8 +204,18 @@ class LlamaForCausalLM(nnx.Module):
             body = jax.checkpoint(body, prevent_cse=False)
         layer_caches = None if cache is None else (cache.k, cache.v)
         indices = jnp.arange(self.config.num_layers, dtype=jnp.int32)
-        x, kv = jax.lax.scan(body, x, (state, layer_caches, indices))
-        return x, kv
+        if query_indices is None:
+            return jax.lax.scan(body, x, (state, layer_caches, indices))
+        # scan all but the last layer, then the last one at the query positions only
+        x, _ = jax.lax.scan(body, x, (jax.tree.map(lambda a: a[:last], state), None, indices[:last]))
+
+        def final(x, layer_state):
+            layer = nnx.merge(graphdef, layer_state)
+            return _layer_step(layer, x, rope, masks, None, None, indices[last], query_indices)[0]
+
+        if remat:
+            final = jax.checkpoint(final, prevent_cse=False)
+        return final(x, jax.tree.map(lambda a: a[last], state)), None
 
     def _check_inputs(self, tokens, positions, segment_ids, cache):
         if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):

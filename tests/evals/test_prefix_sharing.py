@@ -42,12 +42,30 @@ def test_tree_row_equals_separate_sequences(random_model):
     assert np.abs(leaky[12:] - alone2[7:]).max() > 1e-3
 
 
-def test_logits_indices_gather(random_model):
+@pytest.mark.parametrize("layers,scan,remat,window", [(2, False, False, None), (2, True, True, None),
+                                                     (3, True, False, 4), (1, True, False, None), (1, False, False, 3)])
+def test_logits_indices_equal_the_full_forward(layers, scan, remat, window):
+    """Logits at the chosen positions (the last layer runs its queries and MLP only there) equal the
+    full forward's at those positions, for the layer loop and the layer scan, with a tree mask too."""
+    from jaxstack.models import LlamaForCausalLM, get_config
+
+    config = get_config("llama-test", num_layers=layers, scan_layers=scan, remat=remat, sliding_window=window,
+                        initializer_range=0.1)
+    model = LlamaForCausalLM(config, rngs=nnx.Rngs(4))
     tokens = np.random.default_rng(1).integers(0, 300, (2, 9))
-    full = _run(random_model, tokens)
-    indices = np.array([[8, 0, 3], [2, 2, 5]])
-    picked = _run(random_model, tokens, logits_indices=jnp.asarray(indices))
-    np.testing.assert_allclose(picked, np.take_along_axis(full, indices[:, :, None], 1), rtol=0, atol=1e-6)
+    indices = np.array([[8, 0, 3, 3], [2, 2, 5, 8]])
+    full = _run(model, tokens)
+    picked = _run(model, tokens, logits_indices=jnp.asarray(indices))
+    # float32: the gathered last layer sums the same terms in another order (~1e-7 relative)
+    np.testing.assert_allclose(picked, np.take_along_axis(full, indices[:, :, None], 1), rtol=0, atol=2e-5)
+    allowed = scoring.tree_attention_allowed(jnp.asarray([[1] * 5 + [2] * 4] * 2), jnp.asarray([[0, 0, 1, 1, 2, 0, 1, 2, 2]] * 2))
+    full = _run(model, tokens, attention_allowed=allowed)
+    picked = _run(model, tokens, attention_allowed=allowed, logits_indices=jnp.asarray(indices))
+    np.testing.assert_allclose(picked, np.take_along_axis(full, indices[:, :, None], 1), rtol=0, atol=2e-5)
+
+
+def test_logits_indices_validation(random_model):
+    tokens = np.random.default_rng(1).integers(0, 300, (2, 9))
     with pytest.raises(ValueError, match="logits_indices: expected an integer array"):
         _run(random_model, tokens, logits_indices=jnp.zeros((3, 2), jnp.int32))
     with pytest.raises(ValueError, match="attention_allowed: expected a bool array"):
@@ -124,8 +142,10 @@ def test_pipelined_chunks_give_the_same_results(random_model, tokenizer):
     requests = [(f"Item {i}: to open a jar", choice) for i in range(9) for choice in (" twist.", " pull it hard.")]
     scorer = LoglikelihoodScorer(random_model, tokenizer, batch_size=4)
     whole = scorer.loglikelihoods(requests, progress=False)
-    scorer.PIPELINE_REQUESTS = 3  # chunks of 4 requests (cut only where the context changes)
+    scorer.PIPELINE_BATCHES = 1  # batch_size 4 -> chunks of 4 requests (cut only where the context changes)
     assert scoring._context_chunks(requests, 3) == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 18)]
+    assert scoring._context_chunks(requests, 4) == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 18)]
+    assert scoring._context_chunks(requests, 5) == [(0, 6), (6, 12), (12, 18)]
     chunked = scorer.loglikelihoods(requests, progress=False)
     for (a, ga), (b, gb) in zip(whole, chunked):
         assert a == pytest.approx(b, abs=1e-6) and ga == gb
