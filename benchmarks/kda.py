@@ -2,12 +2,12 @@
 
 CPU (default; what CI machines can run):
 
-    .venv/bin/python benchmarks/kda.py                     # T = 1k, 2k, 4k  -> benchmarks/results/kda_cpu.json
-    .venv/bin/python benchmarks/kda.py --cpu-T 1024 2048 4096 8192
+    .venv/bin/python benchmarks/kda.py                     # T = 1k, 2k, 4k; K = V = 128 and 64 -> results/kda_cpu.json
+    .venv/bin/python benchmarks/kda.py --cpu-T 1024 2048 4096 8192 --cpu-K 128 --cpu-H 16
 
   Times the chunked XLA path (``backend="xla"``) against the token-recurrence reference
   (``backend="reference"``), forward and forward+backward (grad wrt q, k, v, g, beta), float32,
-  B=1, H=4, K=V=64. Both are measured in the same run, interleaved round-robin, with the 1-minute load
+  B=1, H=4, K=V=128 (Kimi Linear's KDA head dim, as in the GPU benchmark) and K=V=64. Both are measured in the same run, interleaved round-robin, with the 1-minute load
   average recorded per row; the JSON records the ratios. Issue 3 target:
   xla >= 5x faster than reference at T=4096 forward+backward.
 
@@ -143,34 +143,38 @@ def _time_interleaved(fns, args, reps):
             {n: min(v) * 1e3 for n, v in ts.items()})
 
 
-def run_cpu(Ts, reps, out, chunk_size=None):
-    B, H, K, V = 1, 4, 64, 64
+def run_cpu(Ts, reps, out, chunk_size=None, Ks=(128, 64), H=4):
+    B = 1
     rows = []
-    for T in Ts:
-        args = _inputs(B, T, H, K, V, jnp.float32)
-        ref_f, ref_b = _fns("reference")
-        xla_f, xla_b = _fns("xla", chunk_size=chunk_size)
-        load_before = os.getloadavg()
-        med, best = _time_interleaved({"reference_fwd": ref_f, "xla_fwd": xla_f,
-                                       "reference_fwd_bwd": ref_b, "xla_fwd_bwd": xla_b}, args, reps)
-        row = dict(T=T)
-        row.update({f"{n}_ms": v for n, v in med.items()})
-        row["speedup_fwd"] = med["reference_fwd"] / med["xla_fwd"]
-        row["speedup_fwd_bwd"] = med["reference_fwd_bwd"] / med["xla_fwd_bwd"]
-        row["speedup_fwd_bwd_min_times"] = best["reference_fwd_bwd"] / best["xla_fwd_bwd"]
-        row["loadavg_1m_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+    for K in Ks:
+        V = K
+        for T in Ts:
+            args = _inputs(B, T, H, K, V, jnp.float32)
+            ref_f, ref_b = _fns("reference")
+            xla_f, xla_b = _fns("xla", chunk_size=chunk_size)
+            load_before = os.getloadavg()
+            med, best = _time_interleaved({"reference_fwd": ref_f, "xla_fwd": xla_f,
+                                           "reference_fwd_bwd": ref_b, "xla_fwd_bwd": xla_b}, args, reps)
+            row = dict(K=K, V=V, T=T)
+            row.update({f"{n}_ms": v for n, v in med.items()})
+            row["speedup_fwd"] = med["reference_fwd"] / med["xla_fwd"]
+            row["speedup_fwd_bwd"] = med["reference_fwd_bwd"] / med["xla_fwd_bwd"]
+            row["speedup_fwd_bwd_min_times"] = best["reference_fwd_bwd"] / best["xla_fwd_bwd"]
+            row["loadavg_1m_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     result = dict(
         benchmark="kda xla-chunk vs reference (CPU)",
-        command="python benchmarks/kda.py --cpu-T " + " ".join(map(str, Ts)),
-        shape=dict(B=B, H=H, K=K, V=V, dtype="float32", chunk_size=chunk_size or 64),
+        command=("python benchmarks/kda.py --cpu-T " + " ".join(map(str, Ts)) + " --cpu-K " + " ".join(map(str, Ks))
+                 + f" --cpu-H {H}"),
+        shape=dict(B=B, H=H, K_V=list(Ks), dtype="float32", chunk_size=chunk_size or 64,
+                   note="K = V = 128 is Kimi Linear's KDA head dim (and the GPU benchmark's); 64 for comparison"),
         method=(f"jit, one warm-up, then {reps} rounds running the four functions round-robin; median "
                 "per function (speedup_fwd_bwd_min_times: ratio of the fastest runs); fwd+bwd = grad "
                 "wrt q,k,v,g,beta of sum(o)"),
         host=dict(platform=platform.platform(), cpu_count=os.cpu_count(), python=platform.python_version(),
                   jax=jax.__version__, backend=jax.default_backend(),
-                  note="shared 2-core machine; other jobs were running (see loadavg per row)"),
+                  note="shared 2-core machine; see the load average per row"),
         target="xla >= 5x reference at T=4096 fwd+bwd (issue 3)",
         rows=rows,
     )
@@ -286,6 +290,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", action="store_true", help="run the GPU benchmark instead of the CPU one")
     p.add_argument("--cpu-T", type=int, nargs="+", default=[1024, 2048, 4096])
+    p.add_argument("--cpu-K", type=int, nargs="+", default=[128, 64], help="CPU: head dims K = V to time")
+    p.add_argument("--cpu-H", type=int, default=4, help="CPU: number of heads")
     p.add_argument("--gpu-H", type=int, nargs="+", default=[8, 32, 64])
     p.add_argument("--gpu-T", type=int, nargs="+", default=[4096, 16384, 65536, 262144])
     p.add_argument("--gpu-bwd-T", type=int, nargs="+", default=[4096, 16384, 65536])
@@ -300,7 +306,8 @@ def main():
         run_gpu(a.gpu_H, a.gpu_T, set(a.gpu_bwd_T), a.reps or 20,
                 a.out or str(ROOT / "benchmarks/results/kda_gpu.json"), interpret=a.interpret, K=a.gpu_K)
     else:
-        run_cpu(a.cpu_T, a.reps or 5, a.out or str(ROOT / "benchmarks/results/kda_cpu.json"), a.chunk_size)
+        run_cpu(a.cpu_T, a.reps or 5, a.out or str(ROOT / "benchmarks/results/kda_cpu.json"), a.chunk_size,
+                Ks=tuple(a.cpu_K), H=a.cpu_H)
 
 
 if __name__ == "__main__":
