@@ -181,3 +181,9 @@ def test_models_without_tree_support_use_the_per_request_path(tokenizer):
     assert not LoglikelihoodScorer(kimi, tokenizer, max_length=64).share_prefix
     with pytest.raises(ValueError, match="share_prefix: KimiLinearForCausalLM does not accept"):
         LoglikelihoodScorer(kimi, tokenizer, max_length=64, share_prefix=True)
+    # and it scores: one request per row, the same sum as its own full forward
+    context, continuation = [5, 6, 7, 8], [9, 10]
+    (ll, _), = LoglikelihoodScorer(kimi, tokenizer, max_length=64).loglikelihood_tokens(
+        [(context, continuation)], progress=False)
+    ref, _ = scoring.token_logprobs_reference(_run(kimi, [context + continuation[:-1]]), np.array([[6, 7, 8, 9, 10]]))
+    assert ll == pytest.approx(float(ref[0, -2:].sum()), abs=1e-4)
