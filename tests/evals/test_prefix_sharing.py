@@ -72,6 +72,19 @@ def test_logits_indices_validation(random_model):
         _run(random_model, tokens, attention_allowed=jnp.ones((2, 9, 8), bool))
 
 
+def test_logits_indices_with_a_cache(random_model):
+    """With a KV cache the layers run in full and the logits are gathered at the end."""
+    from jaxstack.models.llama import init_cache
+
+    tokens = jnp.asarray(np.random.default_rng(5).integers(0, 300, (2, 6)))
+    cache = init_cache(random_model.config, 2, 16)
+    full = random_model(tokens, cache=cache)
+    picked = random_model(tokens, cache=cache, logits_indices=jnp.asarray([[5, 1], [0, 5]]))
+    np.testing.assert_allclose(np.asarray(picked.logits), np.take_along_axis(np.asarray(full.logits),
+                               np.array([[5, 1], [0, 5]])[:, :, None], 1), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(picked.cache.k), np.asarray(full.cache.k))
+
+
 def test_target_logprobs_and_greedy_against_numpy_with_ties():
     rng = np.random.default_rng(2)
     logits = rng.integers(-3, 4, (3, 5, 11)).astype(np.float32)  # small integers: many exact ties
