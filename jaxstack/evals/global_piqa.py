@@ -328,7 +328,9 @@ def plot_report(report: dict[str, Any], path: str | pathlib.Path, *, chance: flo
         ax.set_xlim(0, 1)
         ax.set_title(f"{name} (macro {report['macro'][name]:.3f})", fontsize=10)
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours[s]) for s in scripts] + [chance_line]
-    axes[0][-1].legend(handles, scripts + [f"chance {chance:.2f}"], loc="lower right", fontsize=8)
+    # outside the panels, so that no bar is hidden behind it
+    axes[0][-1].legend(handles, scripts + [f"chance {chance:.2f}"], loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                       fontsize=8, title="script", title_fontsize=8)
     fig.suptitle(f"Global PIQA ({report['format']}): {len(rows)} varieties, sorted by {key}, ± stderr")
     fig.tight_layout()
     path = pathlib.Path(path)
