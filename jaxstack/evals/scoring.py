@@ -595,7 +595,9 @@ class LoglikelihoodScorer:
 
         out: list[tuple[float, bool] | None] = [None] * total
         truncated = 0
-        bar = tqdm(total=total, desc="loglikelihood", unit="req", disable=not progress, leave=False)
+        # the per-request path shows score_sequences' own bar
+        bar = tqdm(total=total, desc="loglikelihood", unit="req", disable=not (progress and self.share_prefix),
+                   leave=False)
         pending = []  # dispatched batches: jax runs them asynchronously while the host prepares more
         for offset, requests in chunks:
             sequences, lengths, n_truncated = self.token_requests(requests, offset=offset)
@@ -618,9 +620,9 @@ class LoglikelihoodScorer:
             rows, first, n = (np.asarray(column) for column in zip(*(span[:3] for span in spans)))
             sums = (totals[rows, first + n] - totals[rows, first]).tolist()
             all_greedy = (misses[rows, first + n] == misses[rows, first]).tolist()
-            for (_, _, _, owners), total, is_greedy in zip(spans, sums, all_greedy):
+            for (_, _, _, owners), loglikelihood, is_greedy in zip(spans, sums, all_greedy):
                 for owner in owners:
-                    out[owner] = (total, is_greedy)
+                    out[owner] = (loglikelihood, is_greedy)
             bar.update(n_requests)
         bar.close()
         if truncated:

@@ -142,7 +142,8 @@ class LlamaForCausalLM(nnx.Module):
         attention_allowed: [B, T, T] bool (no cache), ANDed with the causal mask: e.g. several
         continuations packed after one shared context, each seeing the context and itself only
         (``jaxstack.evals.scoring`` scores multiple-choice items this way).
-        logits_indices: [B, P] int, token indices at which to compute logits; default all. Without a
+        logits_indices: [B, P] int, token indices (each in [0, T); repeats allowed) at which to compute
+        logits; default all. Without a
         cache the last layer also runs its queries, attention output and MLP at these P positions
         only (the earlier layers' keys and values need every position, the last layer's outputs do
         not), and the LM head runs on P positions instead of T.

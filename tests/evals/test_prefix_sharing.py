@@ -120,7 +120,7 @@ def test_shared_prefix_equals_per_request_path(random_model, tokenizer):
     requests += [(rng.integers(3, 300, 60).tolist(), rng.integers(3, 300, 9).tolist())]  # truncated
     shared = LoglikelihoodScorer(random_model, tokenizer, batch_size=2, share_prefix=True)
     alone = LoglikelihoodScorer(random_model, tokenizer, batch_size=3, share_prefix=False)
-    with pytest.warns(UserWarning, match="truncated from the left"):
+    with pytest.warns(UserWarning, match="1 of 13 requests exceed the model's context of 64 tokens"):
         ours = shared.loglikelihood_tokens(requests, progress=False)
     with pytest.warns(UserWarning, match="truncated from the left"):
         theirs = alone.loglikelihood_tokens(requests, progress=False)
