@@ -24,7 +24,6 @@ never presented as ours.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import pathlib
 import time
@@ -47,6 +46,7 @@ from jaxstack.rl.loop import (
 from jaxstack.rl.metrics import mismatch_metrics
 from jaxstack.rl.policy import engine_policy
 from jaxstack.rl.tasks import VOCAB, ArithmeticTask
+from jaxstack.runs import RunRecord, pyplot
 
 PAPER = {
     "source": "Qi et al., arXiv 2510.26788 and github.com/sail-sg/Precision-RL, as summarised in shared/refs/rl.md",
@@ -59,6 +59,8 @@ PAPER = {
 }
 
 DTYPES = ("fp32", "bf16", "fp16")
+#: The engine policy (a ``DtypePolicy`` preset: float32 masters) of each compute dtype studied.
+ENGINE_POLICY = {"fp32": "fp32", "bf16": "bf16-mixed", "fp16": "fp16-mixed"}
 
 #: The tiny policy: 2 layers, d = 64, GQA 4:2, the task's 34-token vocabulary (76k parameters).
 TINY_MODEL = LlamaConfig(vocab_size=len(VOCAB), hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
@@ -106,7 +108,7 @@ class Config:
     e4_loss: str = "drgrpo"
     e4_growth_interval: int = 10
     e4_steps: int = 30
-    out_dir: str = "runs/precision-rl"
+    out_dir: str = "runs"  # the record goes to out_dir/precision-rl/<run_name or a timestamp>
     run_name: str | None = None
     experiments: tuple[str, ...] = ("e1", "e2", "e3", "e4")
 
@@ -137,24 +139,20 @@ PRESETS = {
 }
 
 
-def _masters(config: Config) -> dict:
+def _masters(config: Config):
+    """Float32 master Params (an ``nnx.State``): random init or a local HF checkpoint."""
     if config.init_from is None:
         return init_masters(config.model, config.seed)
     from flax import nnx
 
-    from jaxstack.models.hf import load_pretrained
+    from jaxstack.models.checkpoint import load_pretrained
 
     model = load_pretrained(config.init_from)
     if model.config.vocab_size < len(VOCAB):
         raise ValueError(f"init_from: the checkpoint's vocabulary ({model.config.vocab_size}) is smaller than the "
                          f"task vocabulary ({len(VOCAB)})")
-    masters = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    masters = nnx.state(model, nnx.Param)
     return jax.tree.map(lambda x: x.astype(jnp.float32), masters)
-
-
-def _write_jsonl(path: pathlib.Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def _f(x) -> float:
@@ -165,7 +163,7 @@ def _f(x) -> float:
 # E1
 
 
-def e1_matrix(config: Config, states: dict[str, dict], task: ArithmeticTask, out: pathlib.Path):
+def e1_matrix(config: Config, states: dict[str, dict], task: ArithmeticTask, record: RunRecord):
     """Offline mismatch: sample with the rollout engine, re-score with the training engine."""
     model = config.model
     rows, scatter = [], {}
@@ -179,11 +177,11 @@ def e1_matrix(config: Config, states: dict[str, dict], task: ArithmeticTask, out
             ablation = knobs in config.e1_ablation and knobs not in config.e1_knobs
             # eos_id -1: never stop, so every cell measures exactly `length` response tokens
             result = engine_lib.rollout(masters, prompts, jax.random.key(config.seed + length), 0.0, config=model,
-                                        policy=engine_policy(rollout_dtype), knobs=engine_lib.get_knobs(knobs),
+                                        policy=engine_policy(ENGINE_POLICY[rollout_dtype]), knobs=engine_lib.get_knobs(knobs),
                                         max_new_tokens=length, eos_id=-1)
             train_dtypes = [rollout_dtype] if ablation else list(config.e1_dtypes)
             for train_dtype in train_dtypes:
-                logp, _ = score(masters, result.tokens, config=model, policy=engine_policy(train_dtype),
+                logp, _ = score(masters, result.tokens, config=model, policy=engine_policy(ENGINE_POLICY[train_dtype]),
                                 prompt_length=task.prompt_length)
                 metrics = {k: _f(v) for k, v in mismatch_metrics(logp, result.logprobs, result.mask).items()}
                 rows.append({"model_state": state_name, "knobs": knobs, "ablation": ablation, "length": length,
@@ -191,8 +189,8 @@ def e1_matrix(config: Config, states: dict[str, dict], task: ArithmeticTask, out
                 if (knobs == "all" and train_dtype == rollout_dtype and length == max(config.e1_lengths)
                         and state_name == "sft"):
                     scatter[train_dtype] = (np.exp(np.asarray(logp)).ravel(), np.exp(np.asarray(result.logprobs)).ravel())
-    _write_jsonl(out / "e1.jsonl", rows)
-    _plot_e1(rows, scatter, config, out)
+    record.write_jsonl("e1.jsonl", rows)
+    _plot_e1(rows, scatter, config, record)
     return rows
 
 
@@ -203,12 +201,8 @@ def _cell(rows, **match):
     return None
 
 
-def _plot_e1(rows, scatter, config: Config, out: pathlib.Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _plot_e1(rows, scatter, config: Config, record: RunRecord):
+    plt = pyplot()
     length = max(config.e1_lengths)
     dtypes = list(config.e1_dtypes)
     states = sorted({r["model_state"] for r in rows})
@@ -233,8 +227,7 @@ def _plot_e1(rows, scatter, config: Config, out: pathlib.Path):
             ax.set_title(f"{label}, {state} policy\nknobs=all, {length} tokens")
             fig.colorbar(image, ax=ax, label="log10")
     fig.tight_layout()
-    fig.savefig(out / "e1_heatmap.png", dpi=110)
-    plt.close(fig)
+    record.save_plot(fig, "e1_heatmap.png", dpi=110)
 
     if scatter:
         fig, axes = plt.subplots(1, len(scatter), figsize=(4.6 * len(scatter), 4.4))
@@ -250,8 +243,7 @@ def _plot_e1(rows, scatter, config: Config, out: pathlib.Path):
             ax.set_ylabel("training probability pi(token)")
             ax.set_title(f"{dtype}/{dtype}, SFT policy, knobs=all")
         fig.tight_layout()
-        fig.savefig(out / "e1_token_scatter.png", dpi=110)
-        plt.close(fig)
+        record.save_plot(fig, "e1_token_scatter.png", dpi=110)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for state, ax in zip(["random", "sft"], axes):
@@ -271,8 +263,7 @@ def _plot_e1(rows, scatter, config: Config, out: pathlib.Path):
         ax.set_title(f"sequence log-ratio vs length ({state}, knobs=all)")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "e1_seq_ratio_vs_length.png", dpi=110)
-    plt.close(fig)
+    record.save_plot(fig, "e1_seq_ratio_vs_length.png", dpi=110)
 
     ablation = [r for r in rows if r["model_state"] == "sft" and r["length"] == min(config.e1_lengths)
                 and r["train_dtype"] == r["rollout_dtype"] and r["train_dtype"] != "fp32"]
@@ -289,8 +280,7 @@ def _plot_e1(rows, scatter, config: Config, out: pathlib.Path):
         ax.set_title(f"E1 ablation: which engine difference matters (SFT policy, {min(config.e1_lengths)} tokens)")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / "e1_knob_ablation.png", dpi=110)
-        plt.close(fig)
+        record.save_plot(fig, "e1_knob_ablation.png", dpi=110)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -305,21 +295,21 @@ def _rl_config(config: Config, **overrides) -> RLConfig:
     return RLConfig(**base)
 
 
-def e2_study(config, base, task, out):
+def e2_study(config, base, task, record):
     runs = {}
     for loss in config.e2_losses:
         for dtype in config.e2_dtypes:
             for seed in config.e2_seeds:
                 name = f"{dtype}_{loss}_s{seed}"
-                _, history = train_rl(base, config.model, task, _rl_config(config, train_policy=dtype, loss=loss,
+                _, history = train_rl(base, config.model, task, _rl_config(config, train_policy=ENGINE_POLICY[dtype], loss=loss,
                                                                             seed=seed),
-                                      log_path=out / "e2" / f"{name}.jsonl",
+                                      log_path=record.dir / "e2" / f"{name}.jsonl",
                                       extra={"dtype": dtype, "loss_name": loss, "seed": seed})
                 runs[name] = history
                 print(f"  E2 {name}: success {history[0]['success_rate']:.2f} -> "
                       f"{np.mean([h['success_rate'] for h in history[-5:]]):.2f}, mean |dlogp| "
                       f"{np.mean([h['abs_diff_mean'] for h in history]):.2e}")
-    _plot_e2(runs, config, out)
+    _plot_e2(runs, config, record)
     return runs
 
 
@@ -328,12 +318,8 @@ def _band(runs, keys, metric):
     return values.mean(0), values.min(0), values.max(0)
 
 
-def _plot_e2(runs, config, out):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _plot_e2(runs, config, record):
+    plt = pyplot()
     metrics = (("success_rate", "train success (pool)"), ("abs_diff_mean", "mean |log pi - log mu|"),
                ("k3", "k3 KL / token"), ("clip_fraction_real", "real PPO clip fraction"))
     fig, axes = plt.subplots(len(metrics), len(config.e2_losses), figsize=(4.6 * len(config.e2_losses), 3.0 * len(metrics)),
@@ -353,28 +339,23 @@ def _plot_e2(runs, config, out):
             ax.set_xlabel("RL step")
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "e2_rl_curves.png", dpi=110)
-    plt.close(fig)
+    record.save_plot(fig, "e2_rl_curves.png", dpi=110)
 
 
-def e3_dose_response(config, base, task, out, levels):
+def e3_dose_response(config, base, task, record, levels):
     rows = []
     for sigma in config.e3_sigmas:
         _, history = train_rl(base, config.model, task,
                               _rl_config(config, train_policy="fp32", loss=config.e3_loss, noise_std=sigma,
                                          seed=config.e2_seeds[0]),
-                              log_path=out / "e3" / f"sigma_{sigma:g}.jsonl", extra={"sigma": sigma})
+                              log_path=record.dir / "e3" / f"sigma_{sigma:g}.jsonl", extra={"sigma": sigma})
         rows.append({"sigma": sigma, "abs_diff_mean": float(np.mean([h["abs_diff_mean"] for h in history])),
                      "k3": float(np.mean([h["k3"] for h in history])),
                      "final_success": float(np.mean([h["success_rate"] for h in history[-5:]])),
                      "is_ess": float(np.mean([h["ess"] for h in history]))})
         print(f"  E3 sigma={sigma:g}: mean |dlogp| {rows[-1]['abs_diff_mean']:.2e}, final success "
               f"{rows[-1]['final_success']:.2f}")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [max(r["abs_diff_mean"], 1e-8) for r in rows]
     ax.plot(xs, [r["final_success"] for r in rows], "o-", label=f"fp32 + logit noise ({config.e3_loss})")
@@ -389,27 +370,22 @@ def e3_dose_response(config, base, task, out, levels):
     ax.set_title("E3 dose-response")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "e3_dose_response.png", dpi=110)
-    plt.close(fig)
-    _write_jsonl(out / "e3.jsonl", rows)
+    record.save_plot(fig, "e3_dose_response.png", dpi=110)
+    record.write_jsonl("e3.jsonl", rows)
     return rows
 
 
-def e4_loss_scaling(config, base, task, out):
+def e4_loss_scaling(config, base, task, record):
     runs = {}
     for enabled in (True, False):
         name = "scaler_on" if enabled else "scaler_off"
         _, history = train_rl(base, config.model, task,
-                              _rl_config(config, train_policy="fp16", loss=config.e4_loss, loss_scale=enabled,
+                              _rl_config(config, train_policy="fp16-mixed", loss=config.e4_loss, loss_scale=enabled,
                                          growth_interval=config.e4_growth_interval, steps=config.e4_steps,
                                          seed=config.e2_seeds[0]),
-                              log_path=out / "e4" / f"{name}.jsonl", extra={"loss_scale_enabled": enabled})
+                              log_path=record.dir / "e4" / f"{name}.jsonl", extra={"loss_scale_enabled": enabled})
         runs[name] = history
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     for name, history in runs.items():
         steps = [h["step"] for h in history]
@@ -424,8 +400,7 @@ def e4_loss_scaling(config, base, task, out):
         ax.legend(fontsize=7)
     axes[0].set_yscale("log")
     fig.tight_layout()
-    fig.savefig(out / "e4_loss_scaling.png", dpi=110)
-    plt.close(fig)
+    record.save_plot(fig, "e4_loss_scaling.png", dpi=110)
     return runs
 
 
@@ -434,12 +409,10 @@ def e4_loss_scaling(config, base, task, out):
 
 def run(config: Config) -> pathlib.Path:
     start = time.perf_counter()
-    name = config.run_name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = pathlib.Path(config.out_dir) / name
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({"config": to_dict(config), "paper": PAPER,
-                                                 "jax": jax.__version__, "backend": jax.default_backend()},
-                                                indent=2) + "\n")
+    record = RunRecord.create(config.out_dir, "precision-rl", {"config": to_dict(config), "paper": PAPER,
+                                                               "jax": jax.__version__, "backend": jax.default_backend()},
+                              stamp=config.run_name)
+    out = record.dir
     task = ArithmeticTask(digits=config.digits, pool_size=config.pool_size)
     random_init = _masters(config)
     print(f"precision-rl: {config.digits}-digit addition, {task.max_new_tokens}-token budget -> {out}")
@@ -449,16 +422,16 @@ def run(config: Config) -> pathlib.Path:
                         eval_every=config.sft_eval_every)
     base_success = evaluate_success(base, config.model, task, 256, config.seed + 99)
     print(f"  SFT base: {sft_log[-1]['step']} steps, pool success {base_success:.2f}")
-    _write_jsonl(out / "sft.jsonl", sft_log)
+    record.write_jsonl("sft.jsonl", sft_log)
     summary = {"label": f"toy scale: a {config.model.num_params():,}-parameter policy, "
                         f"{jax.default_backend()} backend; the paper's numbers are quoted, not reproduced", "paper": PAPER, "sft": {"steps": sft_log[-1]["step"],
                                                                   "pool_success": base_success}}
     if "e1" in config.experiments:
-        rows = e1_matrix(config, {"random": random_init, "sft": base}, task, out)
+        rows = e1_matrix(config, {"random": random_init, "sft": base}, task, record)
         summary["e1"] = _e1_summary(rows, config)
     levels = {}
     if "e2" in config.experiments:
-        runs = e2_study(config, base, task, out)
+        runs = e2_study(config, base, task, record)
         summary["e2"] = {name: {"success_first": h[0]["success_rate"],
                                 "success_last5": float(np.mean([x["success_rate"] for x in h[-5:]])),
                                 "abs_diff_mean": float(np.mean([x["abs_diff_mean"] for x in h])),
@@ -472,15 +445,15 @@ def run(config: Config) -> pathlib.Path:
             levels[dtype] = float(np.mean([v["abs_diff_mean"] for k, v in summary["e2"].items()
                                            if k.startswith(dtype + "_")]))
     if "e3" in config.experiments:
-        summary["e3"] = e3_dose_response(config, base, task, out, levels)
+        summary["e3"] = e3_dose_response(config, base, task, record, levels)
     if "e4" in config.experiments:
-        runs = e4_loss_scaling(config, base, task, out)
+        runs = e4_loss_scaling(config, base, task, record)
         summary["e4"] = {name: {"final_loss_scale": h[-1]["loss_scale"], "skipped_steps": h[-1]["skipped_steps"],
                                 "grad_zero_fraction": float(np.mean([x["grad_zero_fraction"] for x in h])),
                                 "success_last5": float(np.mean([x["success_rate"] for x in h[-5:]]))}
                          for name, h in runs.items()}
     summary["wall_s"] = time.perf_counter() - start
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    record.write_summary(summary)
     (out / "summary.md").write_text(_markdown(summary, config, out))
     print(f"precision-rl: done in {summary['wall_s']:.0f} s; plots and summary.md in {out}")
     return out

@@ -7,9 +7,22 @@ describe a model run:
 * ``compute_dtype`` -- what matmuls and activations run in;
 * ``output_dtype`` -- what the model returns (logits).
 
-Numerically sensitive reductions -- RMSNorm statistics, softmax, RoPE angles, gate cumsums, recurrent
-states and logits-to-loss -- run in ``accum_dtype`` (float32 unless a policy says otherwise). Layers
-call :meth:`DtypePolicy.accum` for those instead of hard-coding ``jnp.float32`` so the rule lives here.
+The float32 islands are policy fields too, so no layer hard-codes ``jnp.float32``:
+
+* ``accum_dtype`` -- numerically sensitive reductions: RMSNorm statistics, RoPE angles, gate cumsums,
+  routing scores, logits-to-loss (layers call :meth:`DtypePolicy.accum`);
+* ``softmax_dtype`` -- softmax statistics (the vocabulary log-softmax of the RL engines, the running
+  max / sum of the online-softmax attention kernel);
+* ``state_dtype`` -- recurrent states carried across tokens (the KDA delta-rule state);
+* ``kept_param_dtype`` -- parameters stored at this precision whatever ``param_dtype`` (what Hugging
+  Face's ``_keep_in_fp32_modules`` keeps in float32: the MoE router, KDA's ``A_log`` / ``dt_bias``);
+* ``lm_head_dtype`` / ``kv_cache_dtype`` -- the LM-head matmul and the KV-cache storage (default: the
+  compute dtype; an "f32 LM head" sets the first to float32).
+
+All default to float32 (the last two to the compute dtype).
+
+Preset names say what is stored: ``"fp16"`` stores parameters in float16; ``"fp16-mixed"`` keeps float32
+(master) parameters and computes in float16. The RL engines (``jaxstack.rl``) use the ``-mixed`` presets.
 """
 
 from __future__ import annotations
@@ -59,20 +72,35 @@ class DtypePolicy:
     """Dtypes of parameters, computation, outputs and sensitive accumulations. Hashable (jit-static).
 
     Attributes:
-      param_dtype: storage dtype of parameters.
+      param_dtype: storage dtype of parameters (the master weights of a mixed-precision run).
       compute_dtype: dtype of activations and matmul inputs.
       output_dtype: dtype of the returned logits.
-      accum_dtype: dtype of norms, softmax, RoPE angles, cumsums and recurrent states.
+      accum_dtype: dtype of norm statistics, RoPE angles, cumsums and routing scores.
+      softmax_dtype: dtype of softmax statistics (vocabulary log-softmax, online-softmax attention).
+      state_dtype: dtype of recurrent states (KDA).
+      kept_param_dtype: storage dtype of the parameters kept at high precision (router, A_log, dt_bias).
+      lm_head_dtype: dtype of the LM-head matmul inputs (None = compute_dtype).
+      kv_cache_dtype: dtype the RL rollout stores its KV cache in (None = compute_dtype).
     """
 
     param_dtype: Any = jnp.float32
     compute_dtype: Any = jnp.float32
     output_dtype: Any = jnp.float32
     accum_dtype: Any = jnp.float32
+    softmax_dtype: Any = jnp.float32
+    state_dtype: Any = jnp.float32
+    kept_param_dtype: Any = jnp.float32
+    lm_head_dtype: Any = None
+    kv_cache_dtype: Any = None
 
     def __post_init__(self):
-        for field in ("param_dtype", "compute_dtype", "output_dtype", "accum_dtype"):
+        for field in ("param_dtype", "compute_dtype", "output_dtype", "accum_dtype", "softmax_dtype", "state_dtype",
+                      "kept_param_dtype"):
             object.__setattr__(self, field, as_dtype(getattr(self, field), field=field))
+        # None = the compute dtype, resolved here so equal policies compare (and hash) equal
+        for field in ("lm_head_dtype", "kv_cache_dtype"):
+            value = getattr(self, field)
+            object.__setattr__(self, field, self.compute_dtype if value is None else as_dtype(value, field=field))
 
     # Casting helpers. Integer arrays (token ids, positions) are never touched.
     def _cast(self, tree, dtype):
@@ -92,6 +120,11 @@ class DtypePolicy:
     def cast_to_output(self, tree):
         return self._cast(tree, self.output_dtype)
 
+    def replace(self, **changes: Any) -> DtypePolicy:
+        """A copy with ``changes``. ``lm_head_dtype`` / ``kv_cache_dtype`` keep their resolved values
+        unless changed too (pass them as None to follow a new compute dtype)."""
+        return dataclasses.replace(self, **changes)
+
     def accum(self, x):
         """Casts ``x`` to the accumulation dtype (float32 by default) for a sensitive reduction."""
         return x.astype(self.accum_dtype)
@@ -101,10 +134,7 @@ class DtypePolicy:
         for name, policy in POLICIES.items():
             if policy == self:
                 return name
-        return (
-            f"custom(param={self.param_dtype.name}, compute={self.compute_dtype.name}, "
-            f"output={self.output_dtype.name}, accum={self.accum_dtype.name})"
-        )
+        return "custom(" + ", ".join(f"{k.removesuffix('_dtype')}={v}" for k, v in self.to_dict().items()) + ")"
 
     def to_dict(self) -> dict[str, str]:
         return {f.name: jnp.dtype(getattr(self, f.name)).name for f in dataclasses.fields(self)}

@@ -3,10 +3,16 @@
 Causality is by *slot index* (position of the token in the row / in the cache), not by RoPE
 position, so packed sequences with positions that restart per document and left-aligned caches are
 both handled. RoPE positions only rotate q and k.
+
+The math is the pure function :func:`attention` (projections, RoPE, the KV-cache write, masking, the
+attention kernel, the output projection); the ``Attention`` module holds the weights and calls it.
+``KernelOptions`` (``layers.options``) picks a fused QKV matmul and the chunked online-softmax kernel
+(:func:`online_softmax_attention`) instead of the training kernels.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import jax
@@ -14,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxstack.layers.options import TRAINING_KERNELS, KernelOptions
 from jaxstack.layers.rotary import apply_rope
 from jaxstack.precision import DtypePolicy, get_policy
 
@@ -155,6 +162,173 @@ def _float32_attention_cpu(q, k, v, *, mask, is_causal, sliding_window):
     return jnp.transpose(out, (0, 2, 1, 3))
 
 
+def online_softmax_attention(q, k, v, mask, *, block: int, softmax_dtype) -> jax.Array:
+    """Chunked (flash-decoding style) attention. q: [B, T, H, hd]; k, v: [B, S, KV, hd]; mask: [B|1, 1, T, S] bool.
+
+    Keys are processed in blocks of ``block``: running max ``m`` and sum ``l`` in ``softmax_dtype``,
+    probabilities rounded to the compute dtype before the P @ V matmul (float32 accumulation), the
+    output normalised once at the end. Same math as :func:`dot_product_attention`, different rounding
+    (an inference engine's kernel). Returns [B, T, H, hd] in q's dtype.
+    """
+    batch, length, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    k = jnp.repeat(k, heads // kv_heads, axis=2)
+    v = jnp.repeat(v, heads // kv_heads, axis=2)
+    slots = k.shape[1]
+    blocks = -(-slots // block)
+    pad = blocks * block - slots
+    mask = jnp.broadcast_to(mask, (batch, 1, length, slots))
+    if pad:
+        k = jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        v = jnp.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (0, pad)))
+    scale = 1.0 / math.sqrt(head_dim)
+    # [blocks, B, block, H, hd] and [blocks, B, 1, T, block]: a lax.scan over key blocks (compiles once)
+    k_blocks = jnp.moveaxis(k.reshape(batch, blocks, block, heads, head_dim), 1, 0)
+    v_blocks = jnp.moveaxis(v.reshape(batch, blocks, block, heads, head_dim), 1, 0)
+    mask_blocks = jnp.moveaxis(mask.reshape(batch, 1, length, blocks, block), 3, 0)
+    q32 = q.astype(jnp.float32)
+
+    def step(carry, xs):
+        m, total, acc = carry
+        kb, vb, mb = xs
+        # Half-precision operands upcast: their products are exact in float32, so this is a half x half
+        # matmul with float32 accumulation (XLA:CPU has no f16 x f16 -> f32 dot_general).
+        scores = jnp.einsum("bthd,bshd->bhts", q32, kb.astype(jnp.float32))
+        scores = (scores * scale).astype(softmax_dtype)
+        scores = jnp.where(mb, scores, -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(scores, axis=-1))
+        m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+        p = jnp.exp(scores - m_safe[..., None])
+        correction = jnp.exp(jnp.where(jnp.isfinite(m), m - m_safe, -jnp.inf))
+        total = total * correction + jnp.sum(p, axis=-1)
+        pv = jnp.einsum("bhts,bshd->bhtd", p.astype(q.dtype).astype(jnp.float32), vb.astype(jnp.float32))
+        acc = acc * correction[..., None].astype(jnp.float32) + pv
+        return (m_new, total, acc), None
+
+    init = (jnp.full((batch, heads, length), -jnp.inf, softmax_dtype),
+            jnp.zeros((batch, heads, length), softmax_dtype),
+            jnp.zeros((batch, heads, length, head_dim), jnp.float32))
+    (_, total, acc), _ = jax.lax.scan(step, init, (k_blocks, v_blocks, mask_blocks))
+    out = acc / jnp.maximum(total, jnp.finfo(softmax_dtype).tiny)[..., None].astype(jnp.float32)
+    return jnp.transpose(out, (0, 2, 1, 3)).astype(q.dtype)
+
+
+def _project(x, weight, bias, compute):
+    y = jnp.einsum("btd,dnh->btnh", x, weight.astype(compute))
+    if bias is not None:
+        y = y + bias.astype(compute)
+    return y
+
+
+def _fused_qkv(x, q_proj, k_proj, v_proj, biases, compute):
+    """q, k, v from one matmul against the concatenated [D, (H + 2 KV) hd] weight."""
+    d, heads, head_dim = q_proj.shape
+    kv_heads = k_proj.shape[1]
+    weight = jnp.concatenate(
+        [q_proj.reshape(d, heads * head_dim), k_proj.reshape(d, kv_heads * head_dim),
+         v_proj.reshape(d, kv_heads * head_dim)], axis=-1).astype(compute)
+    q, k, v = jnp.split(x @ weight, [heads * head_dim, (heads + kv_heads) * head_dim], axis=-1)
+    q = q.reshape(*x.shape[:2], heads, head_dim)
+    k = k.reshape(*x.shape[:2], kv_heads, head_dim)
+    v = v.reshape(*x.shape[:2], kv_heads, head_dim)
+    return tuple(t if b is None else t + b.astype(compute) for t, b in zip((q, k, v), biases))
+
+
+def attention(
+    x: jax.Array,
+    rope: tuple[jax.Array, jax.Array],
+    q_proj: jax.Array,
+    k_proj: jax.Array,
+    v_proj: jax.Array,
+    o_proj: jax.Array,
+    *,
+    q_bias: jax.Array | None = None,
+    k_bias: jax.Array | None = None,
+    v_bias: jax.Array | None = None,
+    policy: DtypePolicy,
+    sliding_window: int | None = None,
+    implementation: Implementation = None,
+    segment_ids: jax.Array | None = None,
+    cache: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+    attention_allowed: jax.Array | None = None,
+    query_indices: jax.Array | None = None,
+    kernels: KernelOptions = TRAINING_KERNELS,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """GQA attention with RoPE and an optional KV-cache write. x: [B, T, D]; rope: (cos, sin) [B, T, hd].
+
+    Weights: q_proj [D, H, hd], k_proj / v_proj [D, KV, hd], o_proj [H, hd, D]; optional biases
+    [H or KV, hd]. Inputs and weights are cast to ``policy.compute_dtype``.
+
+    attention_allowed: [B, T, T] bool (no cache), ANDed with the causal (and segment / window) mask.
+    query_indices: [B, P] int (no cache): queries only at these positions (keys/values from all T,
+      masks taken at the queries' own slots); the output is [B, P, D].
+    cache: ``(k [B, S, KV, hd], v [B, S, KV, hd], lengths [B])`` with ``lengths`` the number of slots
+      filled *before* this call; the T new keys are written at slots ``lengths .. lengths + T``.
+    kernels: ``fused_qkv`` (one QKV matmul) and ``attention_block`` (the online-softmax kernel, its
+      statistics in ``policy.softmax_dtype``); the default is the training kernels.
+    Returns (y [B, T, D] compute dtype, (k, v) updated or None).
+    """
+    compute = policy.compute_dtype
+    x = x.astype(compute)
+    biases = (q_bias, k_bias, v_bias)
+    if kernels.fused_qkv:
+        if query_indices is not None:
+            raise ValueError("kernels.fused_qkv: not supported together with query_indices")
+        q, k, v = _fused_qkv(x, q_proj, k_proj, v_proj, biases, compute)
+        q = apply_rope(q, *rope)
+        k = apply_rope(k, *rope)
+    else:
+        if query_indices is None:
+            q = apply_rope(_project(x, q_proj, q_bias, compute), *rope)
+        else:
+            if cache is not None:
+                raise ValueError("query_indices: not supported together with a KV cache")
+            take = lambda a: jnp.take_along_axis(a, query_indices[:, :, None], axis=1)  # noqa: E731
+            q = apply_rope(_project(take(x), q_proj, q_bias, compute), *(take(r) for r in rope))
+        k = apply_rope(_project(x, k_proj, k_bias, compute), *rope)
+        v = _project(x, v_proj, v_bias, compute)
+    new_cache = None
+    if cache is None:
+        mask = None
+        is_causal = segment_ids is None and attention_allowed is None and query_indices is None
+        if not is_causal:
+            mask = attention_mask(
+                x.shape[1], x.shape[1], segment_ids=segment_ids, sliding_window=sliding_window,
+                allowed=attention_allowed,
+            )
+        if query_indices is not None:  # the rows of the queries' own slots
+            mask = jnp.broadcast_to(mask, (x.shape[0],) + mask.shape[1:])
+            mask = jnp.take_along_axis(mask, query_indices[:, None, :, None], axis=2)
+    else:
+        if segment_ids is not None or attention_allowed is not None:
+            raise ValueError("segment_ids / attention_allowed: not supported together with a KV cache "
+                             "(decode one sequence per row)")
+        cache_k, cache_v, lengths = cache
+        cache_k = _write_rows(cache_k, k, lengths)
+        cache_v = _write_rows(cache_v, v, lengths)
+        new_cache = (cache_k, cache_v)
+        mask = attention_mask(
+            x.shape[1],
+            cache_k.shape[1],
+            query_offset=lengths,
+            key_valid_length=lengths + x.shape[1],
+            sliding_window=sliding_window,
+        )
+        is_causal = False
+        k, v = cache_k.astype(q.dtype), cache_v.astype(q.dtype)
+    if kernels.attention_block is not None:
+        if mask is None:  # the online kernel takes an explicit mask
+            mask = attention_mask(x.shape[1], x.shape[1], sliding_window=sliding_window)
+        out = online_softmax_attention(q, k, v, mask, block=kernels.attention_block,
+                                       softmax_dtype=policy.softmax_dtype)
+    else:
+        out = dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, sliding_window=sliding_window,
+                                    implementation=implementation)
+    y = jnp.einsum("btnh,nhd->btd", out, o_proj.astype(compute))
+    return y, new_cache
+
+
 class Attention(nnx.Module):
     """Multi-head attention with grouped KV heads (GQA), RoPE, optional q/k/v bias.
 
@@ -200,13 +374,6 @@ class Attention(nnx.Module):
         else:
             self.q_bias = self.k_bias = self.v_bias = None
 
-    def _project(self, x, weight, bias):
-        compute = self.policy.compute_dtype
-        y = jnp.einsum("btd,dnh->btnh", x, weight[...].astype(compute))
-        if bias is not None:
-            y = y + bias[...].astype(compute)
-        return y
-
     def __call__(
         self,
         x: jax.Array,
@@ -216,64 +383,16 @@ class Attention(nnx.Module):
         cache: tuple[jax.Array, jax.Array, jax.Array] | None = None,
         attention_allowed: jax.Array | None = None,
         query_indices: jax.Array | None = None,
+        kernels: KernelOptions = TRAINING_KERNELS,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-        """x: [B, T, D] (compute dtype); rope: (cos, sin) [B, T, hd] float32.
+        """x: [B, T, D]; rope: (cos, sin) [B, T, hd] float32. See :func:`attention` for the arguments.
 
-        attention_allowed: [B, T, T] bool (no cache), ANDed with the causal (and segment / window) mask.
-        query_indices: [B, P] int (no cache): queries only at these positions (keys/values from all T,
-          masks taken at the queries' own slots); the output is [B, P, D].
-
-        cache: ``(k [B, S, KV, hd], v [B, S, KV, hd], lengths [B])`` with ``lengths`` the number of slots
-        filled *before* this call; the T new keys are written at slots ``lengths .. lengths + T``.
         Returns (y [B, T, D], (k, v) updated or None).
         """
-        x = x.astype(self.policy.compute_dtype)
-        if query_indices is None:
-            q = apply_rope(self._project(x, self.q_proj, self.q_bias), *rope)
-        else:
-            if cache is not None:
-                raise ValueError("query_indices: not supported together with a KV cache")
-            take = lambda a: jnp.take_along_axis(a, query_indices[:, :, None], axis=1)  # noqa: E731
-            q = apply_rope(self._project(take(x), self.q_proj, self.q_bias), *(take(r) for r in rope))
-        k = apply_rope(self._project(x, self.k_proj, self.k_bias), *rope)
-        v = self._project(x, self.v_proj, self.v_bias)
-        new_cache = None
-        if cache is None:
-            mask = None
-            is_causal = segment_ids is None and attention_allowed is None and query_indices is None
-            if not is_causal:
-                mask = attention_mask(
-                    x.shape[1], x.shape[1], segment_ids=segment_ids, sliding_window=self.sliding_window,
-                    allowed=attention_allowed,
-                )
-            if query_indices is not None:  # the rows of the queries' own slots
-                mask = jnp.broadcast_to(mask, (x.shape[0],) + mask.shape[1:])
-                mask = jnp.take_along_axis(mask, query_indices[:, None, :, None], axis=2)
-        else:
-            if segment_ids is not None or attention_allowed is not None:
-                raise ValueError("segment_ids / attention_allowed: not supported together with a KV cache "
-                                 "(decode one sequence per row)")
-            cache_k, cache_v, lengths = cache
-            cache_k = _write_rows(cache_k, k, lengths)
-            cache_v = _write_rows(cache_v, v, lengths)
-            new_cache = (cache_k, cache_v)
-            mask = attention_mask(
-                x.shape[1],
-                cache_k.shape[1],
-                query_offset=lengths,
-                key_valid_length=lengths + x.shape[1],
-                sliding_window=self.sliding_window,
-            )
-            is_causal = False
-            k, v = cache_k.astype(q.dtype), cache_v.astype(q.dtype)
-        out = dot_product_attention(
-            q,
-            k,
-            v,
-            mask=mask,
-            is_causal=is_causal,
-            sliding_window=self.sliding_window,
-            implementation=self.implementation,
+        bias = lambda b: None if b is None else b[...]  # noqa: E731
+        return attention(
+            x, rope, self.q_proj[...], self.k_proj[...], self.v_proj[...], self.o_proj[...],
+            q_bias=bias(self.q_bias), k_bias=bias(self.k_bias), v_bias=bias(self.v_bias), policy=self.policy,
+            sliding_window=self.sliding_window, implementation=self.implementation, segment_ids=segment_ids,
+            cache=cache, attention_allowed=attention_allowed, query_indices=query_indices, kernels=kernels,
         )
-        y = jnp.einsum("btnh,nhd->btd", out, self.o_proj[...].astype(self.policy.compute_dtype))
-        return y, new_cache

@@ -10,8 +10,9 @@ Per token, with d = hidden size, H heads of size K (= V, the head dim)::
     o       = RMSNorm_head(o) * o_norm.weight * sigmoid(g_b(g_a(x)))   # head-wise gated norm, float32
     y       = o W_o
 
-``A_log [H]`` and ``dt_bias [H, K]`` are stored in float32 whatever the policy (HF keeps them in fp32,
-``_keep_in_fp32_modules_strict``) and carry ``weight_decay=False``, as do the norm weight.
+``A_log [H]`` and ``dt_bias [H, K]`` are stored in ``policy.kept_param_dtype`` (float32) whatever the
+parameter dtype (HF keeps them in fp32, ``_keep_in_fp32_modules_strict``) and carry
+``weight_decay=False``, as do the norm weight. The recurrent state is ``policy.state_dtype`` (float32).
 
 Two paths, chosen by ``mode`` (not only by length: fla's PR #636 fixed a layer that picked the
 recurrent kernel for short training batches):
@@ -19,7 +20,7 @@ recurrent kernel for short training batches):
 * ``"chunk"``: the chunkwise kernel (training and prefill), ``kda(..., backend=self.backend)``;
 * ``"recurrent"``: token-by-token ``kda_decode_step`` (decode), scanned when T > 1.
 
-Decode state per layer: ``KDAState(conv [B, W-1, 3*H*K], recurrent [B, H, K, V] float32)``.
+Decode state per layer: ``KDAState(conv [B, W-1, 3*H*K], recurrent [B, H, K, V] policy.state_dtype)``.
 """
 
 from __future__ import annotations
@@ -45,16 +46,17 @@ class KDAState:
     """Decode state of one KDA layer (an explicit pytree).
 
     conv: ``[B, W-1, 3*H*K]`` the last W-1 pre-conv inputs of q, k, v (concatenated in that order).
-    recurrent: ``[B, H, K, V]`` float32 delta-rule state ``S`` (o_t = S_t^T q_t).
+    recurrent: ``[B, H, K, V]`` delta-rule state ``S`` (o_t = S_t^T q_t) in the policy's state dtype.
     """
 
     conv: jax.Array
     recurrent: jax.Array
 
 
-def l2_normalize(x: jax.Array, eps: float = L2NORM_EPS) -> jax.Array:
-    """``x / sqrt(sum(x^2) + eps)`` over the last axis in float32 (fla's ``l2norm``). Returns float32."""
-    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+def l2_normalize(x: jax.Array, *, policy: DtypePolicy, eps: float = L2NORM_EPS) -> jax.Array:
+    """``x / sqrt(sum(x^2) + eps)`` over the last axis in the accum dtype (at least; fla's ``l2norm``
+    runs it in float32). Returns that dtype."""
+    x32 = x.astype(jnp.promote_types(x.dtype, policy.accum_dtype))
     return x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + eps)
 
 
@@ -71,14 +73,14 @@ def gated_rms_norm(x: jax.Array, gate: jax.Array, weight: jax.Array, *, eps: flo
     return out.astype(x.dtype)
 
 
-def _init_A_log(key, num_heads):
-    """A_log = log(U(1, 16)) (fla / HF init)."""
-    return jnp.log(jax.random.uniform(key, (num_heads,), jnp.float32, 1.0, 16.0))
+def _init_A_log(key, num_heads, dtype):
+    """A_log = log(U(1, 16)) (fla / HF init), in ``dtype``."""
+    return jnp.log(jax.random.uniform(key, (num_heads,), dtype, 1.0, 16.0))
 
 
-def _init_dt_bias(key, shape, dt_min=1e-3, dt_max=1e-1, dt_floor=1e-4):
+def _init_dt_bias(key, shape, dtype, dt_min=1e-3, dt_max=1e-1, dt_floor=1e-4):
     """dt_bias = softplus^-1(dt), dt = exp(U(log dt_min, log dt_max)) clamped at dt_floor (fla / HF)."""
-    dt = jnp.exp(jax.random.uniform(key, shape, jnp.float32, math.log(dt_min), math.log(dt_max)))
+    dt = jnp.exp(jax.random.uniform(key, shape, dtype, math.log(dt_min), math.log(dt_max)))
     dt = jnp.maximum(dt, dt_floor)
     return dt + jnp.log(-jnp.expm1(-dt))
 
@@ -87,7 +89,7 @@ class KimiDeltaAttention(nnx.Module):
     """KDA token mixer. Weights (jaxstack layout, ``[in, out...]``):
 
     q_proj, k_proj, v_proj ``[d, H, K]``; q_conv1d, k_conv1d, v_conv1d (ShortConvolution ``[W, H*K]``);
-    f_a_proj ``[d, K]``, f_b_proj ``[K, H, K]``; A_log ``[H]`` f32; dt_bias ``[H, K]`` f32;
+    f_a_proj ``[d, K]``, f_b_proj ``[K, H, K]``; A_log ``[H]``, dt_bias ``[H, K]`` (kept_param_dtype);
     b_proj ``[d, H]``; g_a_proj ``[d, K]``, g_b_proj ``[K, H, K]``; o_norm ``[K]``; o_proj ``[H, K, d]``.
     """
 
@@ -123,12 +125,13 @@ class KimiDeltaAttention(nnx.Module):
         self.q_conv1d = ShortConvolution(h * k, **conv)
         self.k_conv1d = ShortConvolution(h * k, **conv)
         self.v_conv1d = ShortConvolution(h * k, **conv)
-        # Low-rank forget gate (rank = head_dim) and its float32, no-decay parameters.
+        # Low-rank forget gate (rank = head_dim) and its kept-precision (float32), no-decay parameters.
         self.f_a_proj = param(rngs, (d, k), ("embed", None), std=init_std, dtype=dtype)
         self.f_b_proj = param(rngs, (k, h, k), (None,) + heads_dims, std=init_std, dtype=dtype)
-        self.A_log = nnx.Param(_init_A_log(rngs.params(), h), out_sharding=("heads",), eager_sharding=False,
+        kept = policy.kept_param_dtype
+        self.A_log = nnx.Param(_init_A_log(rngs.params(), h, kept), out_sharding=("heads",), eager_sharding=False,
                                weight_decay=False)
-        self.dt_bias = nnx.Param(_init_dt_bias(rngs.params(), (h, k)), out_sharding=heads_dims, eager_sharding=False,
+        self.dt_bias = nnx.Param(_init_dt_bias(rngs.params(), (h, k), kept), out_sharding=heads_dims, eager_sharding=False,
                                  weight_decay=False)
         self.b_proj = param(rngs, (d, h), ("embed", "heads"), std=init_std, dtype=dtype)
         # Low-rank output gate and the head-wise gated RMSNorm.
@@ -145,7 +148,7 @@ class KimiDeltaAttention(nnx.Module):
         hk = self.num_heads * self.head_dim
         return KDAState(
             conv=jnp.zeros((batch_size, self.conv_kernel_size - 1, 3 * hk), dtype or self.policy.compute_dtype),
-            recurrent=jnp.zeros((batch_size, self.num_heads, self.head_dim, self.head_dim), jnp.float32),
+            recurrent=jnp.zeros((batch_size, self.num_heads, self.head_dim, self.head_dim), self.policy.state_dtype),
         )
 
     def __call__(
@@ -189,8 +192,8 @@ class KimiDeltaAttention(nnx.Module):
         kk, k_conv = self.k_conv1d(project(self.k_proj), conv_states[1])
         v, v_conv = self.v_conv1d(project(self.v_proj), conv_states[2])
         shape4 = (batch, length, h, k)
-        q = l2_normalize(q.reshape(shape4)).astype(compute)
-        kk = l2_normalize(kk.reshape(shape4)).astype(compute)
+        q = l2_normalize(q.reshape(shape4), policy=policy).astype(compute)
+        kk = l2_normalize(kk.reshape(shape4), policy=policy).astype(compute)
         v = v.reshape(shape4)
 
         g_raw = jnp.einsum("btd,dr->btr", x, self.f_a_proj[...].astype(compute))
@@ -203,7 +206,7 @@ class KimiDeltaAttention(nnx.Module):
             o, final = kda(q, kk, v, g, beta, initial_state=initial, output_final_state=state is not None,
                            backend=self.backend, chunk_size=self.chunk_size)
         else:
-            s0 = jnp.zeros((batch, h, k, k), jnp.float32) if initial is None else initial
+            s0 = jnp.zeros((batch, h, k, k), policy.state_dtype) if initial is None else initial
 
             def step(s, inputs):
                 o_t, s = kda_decode_step(*inputs[:5], s)
@@ -219,5 +222,5 @@ class KimiDeltaAttention(nnx.Module):
         new_state = None
         if state is not None:
             conv = jnp.concatenate([q_conv, k_conv, v_conv], axis=-1).astype(state.conv.dtype)
-            new_state = KDAState(conv=conv, recurrent=final.astype(jnp.float32))
+            new_state = KDAState(conv=conv, recurrent=final.astype(policy.state_dtype))
         return y, new_state

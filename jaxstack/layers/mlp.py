@@ -9,6 +9,17 @@ from jaxstack.layers.attention import param
 from jaxstack.precision import DtypePolicy, get_policy
 
 
+def swiglu(x: jax.Array, gate_proj: jax.Array, up_proj: jax.Array, down_proj: jax.Array, *, compute_dtype) -> jax.Array:
+    """``down(silu(x @ gate) * (x @ up))`` with inputs and weights cast to ``compute_dtype``.
+
+    x: [..., D]; gate_proj, up_proj: [D, F]; down_proj: [F, D]. Returns [..., D] in ``compute_dtype``.
+    """
+    x = x.astype(compute_dtype)
+    gate = x @ gate_proj.astype(compute_dtype)
+    up = x @ up_proj.astype(compute_dtype)
+    return (jax.nn.silu(gate) * up) @ down_proj.astype(compute_dtype)
+
+
 class SwiGLU(nnx.Module):
     """``down(silu(x @ gate) * (x @ up))``. gate_proj/up_proj [D, F], down_proj [F, D]."""
 
@@ -29,8 +40,5 @@ class SwiGLU(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [..., D] -> [..., D] in the compute dtype."""
-        compute = self.policy.compute_dtype
-        x = x.astype(compute)
-        gate = x @ self.gate_proj[...].astype(compute)
-        up = x @ self.up_proj[...].astype(compute)
-        return (jax.nn.silu(gate) * up) @ self.down_proj[...].astype(compute)
+        return swiglu(x, self.gate_proj[...], self.up_proj[...], self.down_proj[...],
+                      compute_dtype=self.policy.compute_dtype)

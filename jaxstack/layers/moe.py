@@ -2,7 +2,7 @@
 
 Routing per token (``x [d]``, E routed experts, top-k)::
 
-    scores   = sigmoid(x W_router)                     # [E], float32 (router weight kept in float32)
+    scores   = sigmoid(x W_router)                     # [E], accum dtype (router weight in kept_param_dtype)
     choice   = scores + e_score_correction_bias        # the bias only *selects* experts
     (group-limited: keep the topk_group groups with the largest sum of their top-2 choices)
     idx      = top_k(choice)
@@ -49,6 +49,7 @@ def route(
     bias: jax.Array | None,
     *,
     top_k: int,
+    accum_dtype,
     renormalize: bool = True,
     routed_scaling_factor: float = 1.0,
     num_groups: int = 1,
@@ -56,10 +57,11 @@ def route(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Sigmoid top-k routing. x: ``[N, d]``; router_weight: ``[d, E]``; bias: ``[E]`` or None.
 
-    Returns ``(weights [N, k] float32, indices [N, k] int32, scores [N, E] float32)``.
+    accum_dtype: the routing scores' dtype (at least; the policy's ``accum_dtype``, float32).
+    Returns ``(weights [N, k], indices [N, k] int32, scores [N, E])``, weights and scores in that dtype.
     """
     num_experts = router_weight.shape[-1]
-    acc = jnp.promote_types(x.dtype, jnp.float32)
+    acc = jnp.promote_types(x.dtype, accum_dtype)
     logits = jnp.dot(x.astype(acc), router_weight.astype(acc))
     scores = jax.nn.sigmoid(logits)
     choice = scores if bias is None else scores + bias.astype(acc)
@@ -77,8 +79,9 @@ def route(
 
 
 class MoE(nnx.Module):
-    """Routed SwiGLU experts + shared experts. Weights: router ``[d, E]`` (float32),
-    e_score_correction_bias ``[E]`` (float32 RouterBias), gate_proj / up_proj ``[E, d, I]``,
+    """Routed SwiGLU experts + shared experts. Weights: router ``[d, E]`` and
+    e_score_correction_bias ``[E]`` (RouterBias) in ``policy.kept_param_dtype`` (float32),
+    gate_proj / up_proj ``[E, d, I]``,
     down_proj ``[E, I, d]``, shared_experts (SwiGLU ``d -> I * num_shared_experts``).
     """
 
@@ -117,8 +120,9 @@ class MoE(nnx.Module):
         self.num_groups, self.topk_groups = num_groups, topk_groups
         self.implementation = implementation
         d, f, e, dtype = hidden_size, intermediate_size, num_experts, policy.param_dtype
-        self.router = param(rngs, (d, e), ("embed", None), std=init_std, dtype=jnp.float32)
-        self.e_score_correction_bias = RouterBias(jnp.zeros((e,), jnp.float32), out_sharding=(None,),
+        kept = policy.kept_param_dtype  # HF keeps the router in float32 whatever the model dtype
+        self.router = param(rngs, (d, e), ("embed", None), std=init_std, dtype=kept)
+        self.e_score_correction_bias = RouterBias(jnp.zeros((e,), kept), out_sharding=(None,),
                                                   eager_sharding=False, weight_decay=False)
         self.gate_proj = param(rngs, (e, d, f), ("expert", "embed", "mlp"), std=init_std, dtype=dtype)
         self.up_proj = param(rngs, (e, d, f), ("expert", "embed", "mlp"), std=init_std, dtype=dtype)
@@ -130,7 +134,7 @@ class MoE(nnx.Module):
     def route(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """x: ``[N, d]`` -> (weights [N, k], indices [N, k], scores [N, E]); see :func:`route`."""
         return route(x, self.router[...], self.e_score_correction_bias[...], top_k=self.top_k,
-                     renormalize=self.renormalize, routed_scaling_factor=self.routed_scaling_factor,
+                     accum_dtype=self.policy.accum_dtype, renormalize=self.renormalize, routed_scaling_factor=self.routed_scaling_factor,
                      num_groups=self.num_groups, topk_groups=self.topk_groups)
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -1,41 +1,58 @@
-"""Model families, configs and Hugging Face interop."""
+"""Model families, configs and Hugging Face checkpoint I/O.
 
-from jaxstack.models.configs import PRESETS, LlamaConfig, get_config
-from jaxstack.models.hf import CheckpointError, load_pretrained, save_pretrained
-from jaxstack.models.llama import KVCache, LlamaForCausalLM, ModelOutput, init_cache, stack_layer_params
+Importing this package registers each family's checkpoint mapping (:mod:`jaxstack.models.hf`,
+:mod:`jaxstack.models.kimi_hf`) with :mod:`jaxstack.models.checkpoint`, so ``load_pretrained`` and
+``save_pretrained`` know every family whichever module a caller imports first.
+"""
+
+from jaxstack.models import hf, kimi_hf  # noqa: F401  (registers the checkpoint families)
+from jaxstack.models.checkpoint import (
+    CheckpointError,
+    config_from_hf,
+    family_for_config,
+    load_pretrained,
+    save_pretrained,
+)
+from jaxstack.models.configs import (
+    KIMI_PRESETS,
+    PRESETS,
+    KimiLinearConfig,
+    LlamaConfig,
+    get_config,
+    get_kimi_config,
+)
+from jaxstack.models.kimi_linear import KimiCache, KimiLinearForCausalLM
+from jaxstack.models.llama import (
+    KVCache,
+    LlamaForCausalLM,
+    ModelOutput,
+    init_cache,
+    stack_layer_params,
+)
+
+
+def build_model(config, *, policy=None, rngs):
+    """A randomly initialised model of the family ``config`` belongs to (LlamaConfig, KimiLinearConfig)."""
+    return family_for_config(config).model_class(config, policy=policy, rngs=rngs)
+
 
 __all__ = [
+    "KIMI_PRESETS",
     "PRESETS",
     "CheckpointError",
     "KVCache",
+    "KimiCache",
+    "KimiLinearConfig",
+    "KimiLinearForCausalLM",
     "LlamaConfig",
     "LlamaForCausalLM",
     "ModelOutput",
+    "build_model",
+    "config_from_hf",
     "get_config",
+    "get_kimi_config",
     "init_cache",
     "load_pretrained",
     "save_pretrained",
     "stack_layer_params",
 ]
-
-from jaxstack.models.kimi_linear import (  # noqa: E402
-    KIMI_PRESETS,
-    KimiCache,
-    KimiLinearConfig,
-    KimiLinearForCausalLM,
-    get_kimi_config,
-)
-
-__all__ += ["KIMI_PRESETS", "KimiCache", "KimiLinearConfig", "KimiLinearForCausalLM", "get_kimi_config"]
-
-
-def build_model(config, *, policy=None, rngs):
-    """A randomly initialised model of the family ``config`` belongs to (LlamaConfig, KimiLinearConfig)."""
-    if isinstance(config, KimiLinearConfig):
-        return KimiLinearForCausalLM(config, policy=policy, rngs=rngs)
-    if isinstance(config, LlamaConfig):
-        return LlamaForCausalLM(config, policy=policy, rngs=rngs)
-    raise TypeError(f"model config: expected a LlamaConfig or KimiLinearConfig, got {type(config).__name__}")
-
-
-__all__ += ["build_model"]

@@ -1,7 +1,7 @@
-"""Hugging Face interop for ``KimiLinearForCausalLM``: local ``config.json`` + safetensors <-> jaxstack.
+"""Hugging Face checkpoints of ``KimiLinearForCausalLM``: ``config.json`` mapping and tensor table.
 
-Reached through :func:`jaxstack.models.hf.load_pretrained` / ``save_pretrained`` (architecture
-dispatch) or called directly. No downloads.
+Registered with :mod:`jaxstack.models.checkpoint`, whose ``load_pretrained`` / ``save_pretrained`` /
+``config_from_hf`` read and write these checkpoints. No downloads.
 
 On-disk format: the released checkpoint's names (``moonshotai/Kimi-Linear-48B-A3B``; transformers >= 5.24
 writes the same names, converting to its fused in-memory layout at load time):
@@ -15,7 +15,8 @@ writes the same names, converting to its fused in-memory layout at load time):
   ``block_sparse_moe.experts.{e}.w1`` (gate) / ``w2`` (down) / ``w3`` (up),
   ``block_sparse_moe.shared_experts.{gate,up,down}_proj``;
 * dense FFN layers: ``mlp.{gate,up,down}_proj`` (the released files); transformers' ``save_pretrained``
-  writes them as ``block_sparse_moe.{gate,up,down}_proj`` -- both are read, ``mlp.`` is written.
+  writes them as ``block_sparse_moe.{gate,up,down}_proj`` -- both are read (table aliases), ``mlp.`` is
+  written. Each expert's tensor is one slice of the stacked ``[E, ...]`` parameter.
 
 ``config.json``: both the released form (``linear_attn_config`` with 1-based ``kda_layers`` /
 ``full_attn_layers``, ``first_k_dense_replace``, ``moe_layer_freq``) and transformers' saved form
@@ -24,135 +25,140 @@ writes the same names, converting to its fused in-memory layout at load time):
 
 from __future__ import annotations
 
-import json
-import pathlib
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
-from safetensors import safe_open
-
-from jaxstack.models.hf import CheckpointError, _tensor_files
-from jaxstack.models.kimi_linear import KimiLinearConfig, KimiLinearForCausalLM
-from jaxstack.precision import DtypePolicy, get_policy
+from jaxstack.models.checkpoint import (
+    CONFIG_FILE,
+    CheckpointError,
+    Family,
+    TensorSpec,
+    TensorTable,
+    Transform,
+    config_field,
+    config_token_ids,
+    linear,
+    linear_in,
+    register,
+    reshape,
+)
+from jaxstack.models.configs import KimiLinearConfig
+from jaxstack.models.kimi_linear import KimiLinearForCausalLM
 
 ARCHITECTURE = "KimiLinearForCausalLM"
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 # ----------------------------------------------------------------------------------------------------
 # config.json <-> KimiLinearConfig
 
 
-def _first(hf: dict[str, Any], *names: str, default: Any = None) -> Any:
-    for name in names:
-        if name in hf and hf[name] is not None:
-            return hf[name]
-    return default
-
-
-def config_from_hf(hf: dict[str, Any], **overrides: Any) -> KimiLinearConfig:
+def _config_from_hf(hf: dict[str, Any], **overrides: Any) -> KimiLinearConfig:
     """KimiLinearConfig from a HF ``config.json`` dict (released or transformers form).
 
-    Raises CheckpointError naming the unsupported or missing field.
+    Raises CheckpointError naming the unsupported, missing or malformed field.
     """
-    architectures = hf.get("architectures") or []
-    if ARCHITECTURE not in architectures and hf.get("model_type") not in ("kimi_linear", "kimi"):
-        raise CheckpointError(f"config.json: architectures={architectures!r}, expected [{ARCHITECTURE!r}]")
-    for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "kv_lora_rank"):
-        if field not in hf:
-            raise CheckpointError(f"config.json: missing required field {field!r}")
-    if hf.get("hidden_act", "silu") != "silu":
-        raise CheckpointError(f"config.json: hidden_act={hf['hidden_act']!r} is not supported (expected 'silu')")
-    if hf.get("attention_bias"):
-        raise CheckpointError("config.json: attention_bias=true is not supported")
-    if hf.get("moe_router_activation_func", "sigmoid") != "sigmoid":
-        raise CheckpointError(f"config.json: moe_router_activation_func={hf['moe_router_activation_func']!r} "
+    if config_field(hf, "hidden_act", str, "silu") != "silu":
+        raise CheckpointError(f"{CONFIG_FILE}: hidden_act={hf['hidden_act']!r} is not supported (expected 'silu')")
+    if config_field(hf, "attention_bias", bool, False):
+        raise CheckpointError(f"{CONFIG_FILE}: attention_bias=true is not supported")
+    if config_field(hf, "moe_router_activation_func", str, "sigmoid") != "sigmoid":
+        raise CheckpointError(f"{CONFIG_FILE}: moe_router_activation_func={hf['moe_router_activation_func']!r} "
                               "is not supported (expected 'sigmoid')")
-    if hf.get("num_nextn_predict_layers", 0):
-        raise CheckpointError("config.json: num_nextn_predict_layers > 0 (MTP heads) is not supported")
-    heads, kv_heads = hf["num_attention_heads"], hf.get("num_key_value_heads") or hf["num_attention_heads"]
+    if config_field(hf, "num_nextn_predict_layers", int, 0):
+        raise CheckpointError(f"{CONFIG_FILE}: num_nextn_predict_layers > 0 (MTP heads) is not supported")
+    heads = config_field(hf, "num_attention_heads", int)
+    kv_heads = config_field(hf, "num_key_value_heads", int, heads)
     if kv_heads != heads:
-        raise CheckpointError(f"config.json: num_key_value_heads={kv_heads} != num_attention_heads={heads} "
+        raise CheckpointError(f"{CONFIG_FILE}: num_key_value_heads={kv_heads} != num_attention_heads={heads} "
                               "is not supported for MLA")
-    linear = hf.get("linear_attn_config") or {}
-    unsupported = sorted(set(linear) & {"gate_lower_bound", "use_full_rank_gate"})
+    linear_config = config_field(hf, "linear_attn_config", dict, {})
+    unsupported = sorted(set(linear_config) & {"gate_lower_bound", "use_full_rank_gate"})
     if unsupported:
-        raise CheckpointError(f"config.json: linear_attn_config.{unsupported[0]} is not supported "
+        raise CheckpointError(f"{CONFIG_FILE}: linear_attn_config.{unsupported[0]} is not supported "
                               "(the released Kimi Linear uses the softplus low-rank gate)")
-    layers = hf["num_hidden_layers"]
-    if hf.get("layer_types") is not None:
-        layer_types = list(hf["layer_types"])
+    layers = config_field(hf, "num_hidden_layers", int)
+    layer_types = config_field(hf, "layer_types", list, None)
+    if layer_types is not None:
         if len(layer_types) != layers:
-            raise CheckpointError(f"config.json: layer_types has {len(layer_types)} entries, "
+            raise CheckpointError(f"{CONFIG_FILE}: layer_types has {len(layer_types)} entries, "
                                   f"num_hidden_layers={layers}")
         full = tuple(i + 1 for i, t in enumerate(layer_types) if t == "full_attention")
         kda = tuple(i + 1 for i, t in enumerate(layer_types) if t == "linear_attention")
         if len(full) + len(kda) != layers:
-            raise CheckpointError(f"config.json: layer_types entries must be 'linear_attention' or "
-                                  f"'full_attention', got {sorted(set(layer_types))}")
-    elif "full_attn_layers" in linear and "kda_layers" in linear:
-        full, kda = tuple(linear["full_attn_layers"]), tuple(linear["kda_layers"])
+            raise CheckpointError(f"{CONFIG_FILE}: layer_types entries must be 'linear_attention' or "
+                                  f"'full_attention', got {sorted(set(map(str, layer_types)))}")
+    elif "full_attn_layers" in linear_config and "kda_layers" in linear_config:
+        full = tuple(config_field(linear_config, "full_attn_layers", list, name="linear_attn_config"))
+        kda = tuple(config_field(linear_config, "kda_layers", list, name="linear_attn_config"))
+        for field, numbers in (("full_attn_layers", full), ("kda_layers", kda)):
+            if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+                raise CheckpointError(f"{CONFIG_FILE}: linear_attn_config.{field}: expected a list of integers "
+                                      f"(1-based layer numbers), got {list(numbers)!r}")
     else:
-        raise CheckpointError("config.json: no layer schedule (need linear_attn_config.kda_layers / "
+        raise CheckpointError(f"{CONFIG_FILE}: no layer schedule (need linear_attn_config.kda_layers / "
                               "full_attn_layers or layer_types)")
-    first_dense = hf.get("first_k_dense_replace", 1)
-    freq = hf.get("moe_layer_freq", 1)
-    if hf.get("mlp_layer_types") is not None:
-        mlp_types = list(hf["mlp_layer_types"])
+    first_dense = config_field(hf, "first_k_dense_replace", int, 1)
+    freq = config_field(hf, "moe_layer_freq", int, 1)
+    mlp_types = config_field(hf, "mlp_layer_types", list, None)
+    if mlp_types is not None:
         first_dense = next((i for i, t in enumerate(mlp_types) if t == "sparse"), layers)
         expected = ["sparse" if i >= first_dense and i % freq == 0 else "dense" for i in range(layers)]
         if mlp_types != expected:
-            raise CheckpointError(f"config.json: mlp_layer_types={mlp_types} is not a first_k_dense_replace / "
+            raise CheckpointError(f"{CONFIG_FILE}: mlp_layer_types={mlp_types} is not a first_k_dense_replace / "
                                   "moe_layer_freq pattern")
+
+    def linear_or_top(nested: str, top: str, default: int) -> int:
+        """linear_attn_config.<nested> (released form), else the top-level <top> (transformers' form)."""
+        value = config_field(linear_config, nested, int, None, name="linear_attn_config")
+        return config_field(hf, top, int, default) if value is None else value
+
+    # Top-level rope_theta wins over transformers >= 5's nested rope_parameters.rope_theta.
+    rope_theta = config_field(config_field(hf, "rope_parameters", dict, {}), "rope_theta", float, 10000.0,
+                              name="rope_parameters")
     values = {
-        "vocab_size": hf["vocab_size"],
-        "hidden_size": hf["hidden_size"],
-        "intermediate_size": hf.get("intermediate_size", 9216),
+        "vocab_size": config_field(hf, "vocab_size", int),
+        "hidden_size": config_field(hf, "hidden_size", int),
+        "intermediate_size": config_field(hf, "intermediate_size", int, 9216),
         "num_layers": layers,
-        "rms_norm_eps": float(hf.get("rms_norm_eps", 1e-5)),
-        "tie_word_embeddings": bool(hf.get("tie_word_embeddings", False)),
-        "initializer_range": float(hf.get("initializer_range", 0.02)),
+        "rms_norm_eps": config_field(hf, "rms_norm_eps", float, 1e-5),
+        "tie_word_embeddings": config_field(hf, "tie_word_embeddings", bool, False),
+        "initializer_range": config_field(hf, "initializer_range", float, 0.02),
         "full_attn_layers": full,
         "kda_layers": kda,
         "num_heads": heads,
-        "kv_lora_rank": hf["kv_lora_rank"],
-        "q_lora_rank": hf.get("q_lora_rank"),
-        "qk_nope_head_dim": hf.get("qk_nope_head_dim", 128),
-        "qk_rope_head_dim": hf.get("qk_rope_head_dim", 64),
-        "v_head_dim": hf.get("v_head_dim", 128),
+        "kv_lora_rank": config_field(hf, "kv_lora_rank", int),
+        "q_lora_rank": config_field(hf, "q_lora_rank", int, None),
+        "qk_nope_head_dim": config_field(hf, "qk_nope_head_dim", int, 128),
+        "qk_rope_head_dim": config_field(hf, "qk_rope_head_dim", int, 64),
+        "v_head_dim": config_field(hf, "v_head_dim", int, 128),
         # transformers' native model never rotates (NoPE); the released config says so explicitly.
-        "mla_use_nope": bool(hf.get("mla_use_nope", True)),
-        "rope_theta": float(hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0))),
-        "kda_num_heads": _first(linear, "num_heads", default=_first(hf, "linear_num_heads", default=32)),
-        "kda_head_dim": _first(linear, "head_dim", default=_first(hf, "linear_head_dim", default=128)),
-        "short_conv_kernel_size": _first(linear, "short_conv_kernel_size",
-                                      default=_first(hf, "linear_conv_kernel_dim", default=4)),
-        "num_experts": _first(hf, "num_experts", "num_local_experts", "n_routed_experts", default=256),
-        "num_experts_per_token": _first(hf, "num_experts_per_token", "num_experts_per_tok", default=8),
-        "num_shared_experts": _first(hf, "num_shared_experts", "n_shared_experts", default=0),
-        "moe_intermediate_size": hf.get("moe_intermediate_size", 1024),
-        "routed_scaling_factor": float(hf.get("routed_scaling_factor", 1.0)),
-        "moe_renormalize": bool(_first(hf, "moe_renormalize", "norm_topk_prob", default=True)),
-        "num_expert_group": _first(hf, "num_expert_group", "n_group", default=1),
-        "topk_group": _first(hf, "topk_group", default=1),
+        "mla_use_nope": config_field(hf, "mla_use_nope", bool, True),
+        "rope_theta": config_field(hf, "rope_theta", float, rope_theta),
+        "kda_num_heads": linear_or_top("num_heads", "linear_num_heads", 32),
+        "kda_head_dim": linear_or_top("head_dim", "linear_head_dim", 128),
+        "short_conv_kernel_size": linear_or_top("short_conv_kernel_size", "linear_conv_kernel_dim", 4),
+        "num_experts": config_field(hf, ("num_experts", "num_local_experts", "n_routed_experts"), int, 256),
+        "num_experts_per_token": config_field(hf, ("num_experts_per_token", "num_experts_per_tok"), int, 8),
+        "num_shared_experts": config_field(hf, ("num_shared_experts", "n_shared_experts"), int, 0),
+        "moe_intermediate_size": config_field(hf, "moe_intermediate_size", int, 1024),
+        "routed_scaling_factor": config_field(hf, "routed_scaling_factor", float, 1.0),
+        "moe_renormalize": config_field(hf, ("moe_renormalize", "norm_topk_prob"), bool, True),
+        "num_expert_group": config_field(hf, ("num_expert_group", "n_group"), int, 1),
+        "topk_group": config_field(hf, "topk_group", int, 1),
         "first_k_dense_replace": first_dense,
         "moe_layer_freq": freq,
-        "max_position_embeddings": _first(hf, "model_max_length", "max_position_embeddings", default=1048576),
-        "bos_token_id": hf.get("bos_token_id"),
-        "eos_token_id": hf.get("eos_token_id"),
-        "pad_token_id": hf.get("pad_token_id"),
+        "max_position_embeddings": config_field(hf, ("model_max_length", "max_position_embeddings"), int, 1048576),
+        "bos_token_id": config_token_ids(hf, "bos_token_id"),
+        "eos_token_id": config_token_ids(hf, "eos_token_id"),
+        "pad_token_id": config_field(hf, "pad_token_id", int, None),
     }
     values.update(overrides)
     try:
         return KimiLinearConfig(**values)
     except (TypeError, ValueError) as error:
-        raise CheckpointError(f"config.json: {error}") from error
+        raise CheckpointError(f"{CONFIG_FILE}: {error}") from error
 
 
-def config_to_hf(config: KimiLinearConfig, dtype: str = "float32") -> dict[str, Any]:
+def _config_to_hf(config: KimiLinearConfig, dtype: str = "float32") -> dict[str, Any]:
     """The ``config.json`` dict: the released fields plus transformers' explicit layer / MLP types."""
     return {
         "architectures": [ARCHITECTURE],
@@ -210,204 +216,85 @@ def config_to_hf(config: KimiLinearConfig, dtype: str = "float32") -> dict[str, 
 
 
 # ----------------------------------------------------------------------------------------------------
-# Tensor table: (HF name, jaxstack path, to_jax, to_hf). Torch Linear weights are [out, in].
+# Tensor table. Torch Linear weights are [out, in].
+
+_CONV = Transform(lambda w: w[:, 0, :].T, lambda w: w.T[:, None, :])  # [C, 1, W] <-> [W, C]
+_FLOAT32 = "float32"  # A_log, dt_bias, the router and its bias: float32 on disk, as released
 
 
-def _linear(*out_shape):
-    """[out, in] torch Linear <-> jaxstack [in, *out_shape]."""
-
-    def to_jax(w):
-        return w.T.reshape(w.shape[1], *out_shape) if out_shape else w.T
-
-    def to_hf(w):
-        return w.reshape(w.shape[0], -1).T
-
-    return to_jax, to_hf
-
-
-def _linear_in(*in_shape):
-    """[out, in] torch Linear <-> jaxstack [*in_shape, out] (output projections)."""
-
-    def to_jax(w):
-        return w.T.reshape(*in_shape, w.shape[0])
-
-    def to_hf(w):
-        return w.reshape(-1, w.shape[-1]).T
-
-    return to_jax, to_hf
-
-
-_IDENTITY = (lambda w: w, lambda w: w)
-
-
-def _tensor_table(config: KimiLinearConfig, dense_prefix: str = "mlp.") -> list[tuple[str, tuple, Any, Any]]:
+def _tensor_table(config: KimiLinearConfig) -> TensorTable:
     h, k = config.kda_num_heads, config.kda_head_dim
     mh, qk = config.num_heads, config.qk_nope_head_dim + config.qk_rope_head_dim
-    table = [("model.embed_tokens.weight", ("embed", "embedding"), *_IDENTITY),
-             ("model.norm.weight", ("norm", "scale"), *_IDENTITY)]
+    specs = [TensorSpec("model.embed_tokens.weight", ("embed", "embedding")),
+             TensorSpec("model.norm.weight", ("norm", "scale"))]
     if not config.tie_word_embeddings:
-        table.append(("lm_head.weight", ("lm_head",), *_linear()))
-    conv = (lambda w: w[:, 0, :].T, lambda w: w.T[:, None, :])  # [C, 1, W] <-> [W, C]
+        specs.append(TensorSpec("lm_head.weight", ("lm_head",), linear()))
     for i, (kind, mlp) in enumerate(zip(config.layer_types, config.mlp_layer_types)):
         p, layer = f"model.layers.{i}.", ("layers", i)
-        table += [(p + "input_layernorm.weight", layer + ("input_norm", "scale"), *_IDENTITY),
-                  (p + "post_attention_layernorm.weight", layer + ("post_attention_norm", "scale"), *_IDENTITY)]
+        specs += [TensorSpec(p + "input_layernorm.weight", layer + ("input_norm", "scale")),
+                  TensorSpec(p + "post_attention_layernorm.weight", layer + ("post_attention_norm", "scale"))]
         a, at = p + "self_attn.", layer + ("self_attn",)
         if kind == "linear_attention":
-            table += [
-                (a + "q_proj.weight", at + ("q_proj",), *_linear(h, k)),
-                (a + "k_proj.weight", at + ("k_proj",), *_linear(h, k)),
-                (a + "v_proj.weight", at + ("v_proj",), *_linear(h, k)),
-                (a + "q_conv1d.weight", at + ("q_conv1d", "weight"), *conv),
-                (a + "k_conv1d.weight", at + ("k_conv1d", "weight"), *conv),
-                (a + "v_conv1d.weight", at + ("v_conv1d", "weight"), *conv),
-                (a + "f_a_proj.weight", at + ("f_a_proj",), *_linear()),
-                (a + "f_b_proj.weight", at + ("f_b_proj",), *_linear(h, k)),
-                (a + "A_log", at + ("A_log",), lambda w: w.reshape(-1), lambda w: w.reshape(1, 1, -1, 1)),
-                (a + "dt_bias", at + ("dt_bias",), lambda w: w.reshape(h, k), lambda w: w.reshape(-1)),
-                (a + "b_proj.weight", at + ("b_proj",), *_linear()),
-                (a + "g_a_proj.weight", at + ("g_a_proj",), *_linear()),
-                (a + "g_b_proj.weight", at + ("g_b_proj",), *_linear(h, k)),
-                (a + "o_norm.weight", at + ("o_norm",), *_IDENTITY),
-                (a + "o_proj.weight", at + ("o_proj",), *_linear_in(h, k)),
+            specs += [
+                TensorSpec(a + "q_proj.weight", at + ("q_proj",), linear(h, k)),
+                TensorSpec(a + "k_proj.weight", at + ("k_proj",), linear(h, k)),
+                TensorSpec(a + "v_proj.weight", at + ("v_proj",), linear(h, k)),
+                TensorSpec(a + "q_conv1d.weight", at + ("q_conv1d", "weight"), _CONV),
+                TensorSpec(a + "k_conv1d.weight", at + ("k_conv1d", "weight"), _CONV),
+                TensorSpec(a + "v_conv1d.weight", at + ("v_conv1d", "weight"), _CONV),
+                TensorSpec(a + "f_a_proj.weight", at + ("f_a_proj",), linear()),
+                TensorSpec(a + "f_b_proj.weight", at + ("f_b_proj",), linear(h, k)),
+                TensorSpec(a + "A_log", at + ("A_log",), reshape((-1,), (1, 1, -1, 1)), dtype=_FLOAT32),
+                TensorSpec(a + "dt_bias", at + ("dt_bias",), reshape((h, k), (-1,)), dtype=_FLOAT32),
+                TensorSpec(a + "b_proj.weight", at + ("b_proj",), linear()),
+                TensorSpec(a + "g_a_proj.weight", at + ("g_a_proj",), linear()),
+                TensorSpec(a + "g_b_proj.weight", at + ("g_b_proj",), linear(h, k)),
+                TensorSpec(a + "o_norm.weight", at + ("o_norm",)),
+                TensorSpec(a + "o_proj.weight", at + ("o_proj",), linear_in(h, k)),
             ]
         else:
             if config.q_lora_rank is None:
-                table.append((a + "q_proj.weight", at + ("q_proj",), *_linear(mh, qk)))
+                specs.append(TensorSpec(a + "q_proj.weight", at + ("q_proj",), linear(mh, qk)))
             else:
-                table += [(a + "q_a_proj.weight", at + ("q_a_proj",), *_linear()),
-                          (a + "q_a_layernorm.weight", at + ("q_a_layernorm", "scale"), *_IDENTITY),
-                          (a + "q_b_proj.weight", at + ("q_b_proj",), *_linear(mh, qk))]
-            table += [
-                (a + "kv_a_proj_with_mqa.weight", at + ("kv_a_proj_with_mqa",), *_linear()),
-                (a + "kv_a_layernorm.weight", at + ("kv_a_layernorm", "scale"), *_IDENTITY),
-                (a + "kv_b_proj.weight", at + ("kv_b_proj",),
-                 *_linear(mh, config.qk_nope_head_dim + config.v_head_dim)),
-                (a + "o_proj.weight", at + ("o_proj",), *_linear_in(mh, config.v_head_dim)),
+                specs += [TensorSpec(a + "q_a_proj.weight", at + ("q_a_proj",), linear()),
+                          TensorSpec(a + "q_a_layernorm.weight", at + ("q_a_layernorm", "scale")),
+                          TensorSpec(a + "q_b_proj.weight", at + ("q_b_proj",), linear(mh, qk))]
+            specs += [
+                TensorSpec(a + "kv_a_proj_with_mqa.weight", at + ("kv_a_proj_with_mqa",), linear()),
+                TensorSpec(a + "kv_a_layernorm.weight", at + ("kv_a_layernorm", "scale")),
+                TensorSpec(a + "kv_b_proj.weight", at + ("kv_b_proj",),
+                           linear(mh, config.qk_nope_head_dim + config.v_head_dim)),
+                TensorSpec(a + "o_proj.weight", at + ("o_proj",), linear_in(mh, config.v_head_dim)),
             ]
         m, mt = p + "block_sparse_moe.", layer + ("mlp",)
         if mlp == "dense":
-            d = p + dense_prefix
-            table += [(d + "gate_proj.weight", mt + ("gate_proj",), *_linear()),
-                      (d + "up_proj.weight", mt + ("up_proj",), *_linear()),
-                      (d + "down_proj.weight", mt + ("down_proj",), *_linear())]
+            # Released files say mlp.*; transformers' save_pretrained says block_sparse_moe.*.
+            specs += [TensorSpec(p + f"mlp.{name}.weight", mt + (name,), linear(), aliases=(m + f"{name}.weight",))
+                      for name in ("gate_proj", "up_proj", "down_proj")]
         else:
-            table += [(m + "gate.weight", mt + ("router",), *_linear()),
-                      (m + "gate.e_score_correction_bias", mt + ("e_score_correction_bias",), *_IDENTITY)]
+            specs += [TensorSpec(m + "gate.weight", mt + ("router",), linear(), dtype=_FLOAT32),
+                      TensorSpec(m + "gate.e_score_correction_bias", mt + ("e_score_correction_bias",),
+                                 dtype=_FLOAT32)]
             if config.num_shared_experts:
-                s = m + "shared_experts."
-                table += [(s + "gate_proj.weight", mt + ("shared_experts", "gate_proj"), *_linear()),
-                          (s + "up_proj.weight", mt + ("shared_experts", "up_proj"), *_linear()),
-                          (s + "down_proj.weight", mt + ("shared_experts", "down_proj"), *_linear())]
-            # Per-expert tensors map onto slices of the stacked [E, ...] parameters (see _EXPERT).
+                specs += [TensorSpec(m + f"shared_experts.{name}.weight", mt + ("shared_experts", name), linear())
+                          for name in ("gate_proj", "up_proj", "down_proj")]
+            # Each expert's tensor is slice e of the stacked [E, ...] parameter.
             for e in range(config.num_experts):
-                for hf_w, name in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
-                    table.append((m + f"experts.{e}.{hf_w}.weight", mt + (name,), _EXPERT, e))
-    return table
+                specs += [TensorSpec(m + f"experts.{e}.{hf_w}.weight", mt + (name,), linear(), index=(e,))
+                          for hf_w, name in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj"))]
+    ignored = ("lm_head.weight",) if config.tie_word_embeddings else ()
+    return TensorTable(tuple(specs), ignored)
 
 
-_EXPERT = "expert"  # marker: entry's 4th field is the expert index; the tensor is one slice, transposed
+KIMI_LINEAR = register(Family(
+    name="kimi_linear",
+    architectures=(ARCHITECTURE,),
+    model_types=("kimi_linear", "kimi"),
+    config_class=KimiLinearConfig,
+    model_class=KimiLinearForCausalLM,
+    config_from_hf=_config_from_hf,
+    config_to_hf=_config_to_hf,
+    tensor_table=_tensor_table,
+))
 
-
-def _expected_shape(entry, target_shape) -> tuple[int, ...]:
-    _, _, to_jax, to_hf = entry
-    if to_jax is _EXPERT:
-        return tuple(target_shape[1:][::-1])
-    return tuple(jax.eval_shape(to_hf, jax.ShapeDtypeStruct(target_shape, jnp.float32)).shape)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Loading / saving
-
-
-def load_pretrained(
-    path: str | pathlib.Path, *, policy: DtypePolicy | str | None = None, **config_overrides: Any
-) -> KimiLinearForCausalLM:
-    """Loads a local ``KimiLinearForCausalLM`` checkpoint directory (config.json + safetensors).
-
-    Parameters are cast to ``policy.param_dtype`` except the ones Kimi keeps in float32 (A_log,
-    dt_bias, the router weight and e_score_correction_bias). Raises CheckpointError naming the missing /
-    unexpected tensor, a wrong shape or a bad config field.
-    """
-    path = pathlib.Path(path)
-    config_path = path / "config.json"
-    if not config_path.exists():
-        raise CheckpointError(f"{path}: no config.json (expected a local Hugging Face model directory)")
-    config = config_from_hf(json.loads(config_path.read_text()), **config_overrides)
-    policy = get_policy(policy)
-    files = _tensor_files(path)
-    dense_prefix = "mlp."
-    if any(".block_sparse_moe.gate_proj.weight" in name for name in files):
-        dense_prefix = "block_sparse_moe."  # transformers' save_pretrained spelling of dense layers
-    table = _tensor_table(config, dense_prefix)
-
-    abstract = nnx.eval_shape(lambda: KimiLinearForCausalLM(config, policy=policy, rngs=nnx.Rngs(0)))
-    graphdef, abstract_state = nnx.split(abstract)
-    flat_abstract = dict(nnx.to_flat_state(abstract_state))
-
-    for entry in table:
-        if entry[0] not in files:
-            raise CheckpointError(f"{path}: missing tensor {entry[0]!r}")
-        if entry[1] not in flat_abstract:
-            raise CheckpointError(f"internal: no parameter {entry[1]} for tensor {entry[0]!r}")
-    by_file: dict[pathlib.Path, list] = {}
-    for entry in table:
-        by_file.setdefault(files[entry[0]], []).append(entry)
-    used, values, experts = set(), {}, {}
-    for file, entries in by_file.items():
-        with safe_open(file, framework="flax") as handle:  # flax: bf16 tensors load too
-            for entry in entries:
-                hf_name, jax_path, to_jax, extra = entry
-                target = flat_abstract[jax_path]
-                tensor = handle.get_tensor(hf_name)
-                expected = _expected_shape(entry, target.shape)
-                if tuple(tensor.shape) != expected:
-                    raise CheckpointError(f"{path}: tensor {hf_name!r} has shape {list(tensor.shape)}, expected "
-                                          f"{list(expected)} from config.json")
-                if to_jax is _EXPERT:
-                    experts.setdefault(jax_path, {})[extra] = tensor.T
-                else:
-                    values[jax_path] = to_jax(tensor)
-                used.add(hf_name)
-    for jax_path, slices in experts.items():
-        values[jax_path] = jnp.stack([slices[e] for e in range(config.num_experts)])
-    unexpected = [name for name in files if name not in used and not name.endswith(_IGNORED_SUFFIXES)
-                  and not (config.tie_word_embeddings and name == "lm_head.weight")]
-    if unexpected:
-        raise CheckpointError(f"{path}: unexpected tensors not used by KimiLinearForCausalLM: {sorted(unexpected)[:10]}")
-    missing = [p for p in flat_abstract if p not in values]
-    if missing:
-        raise CheckpointError(f"internal: parameters with no HF tensor: {missing[:5]}")
-    # Keep each variable's own dtype (float32 for A_log, dt_bias, router, bias; param dtype elsewhere).
-    state = nnx.from_flat_state(
-        {p: v.replace(jnp.asarray(values[p]).astype(v.dtype)) for p, v in flat_abstract.items()}
-    )
-    return nnx.merge(graphdef, state)
-
-
-def save_pretrained(model: KimiLinearForCausalLM, path: str | pathlib.Path, *, dtype: Any = None) -> pathlib.Path:
-    """Writes ``config.json`` + ``model.safetensors`` (released names) that transformers loads.
-
-    dtype: dtype of the written tensors (default: the model's param dtype); A_log, dt_bias, the router
-    and its bias stay float32, as in the released checkpoint.
-    """
-    from safetensors.numpy import save_file
-
-    path = pathlib.Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    config = model.config
-    dtype = jnp.dtype(dtype or model.policy.param_dtype)
-    flat = {p: v[...] for p, v in nnx.to_flat_state(nnx.state(model))}
-    keep_f32 = ("A_log", "dt_bias", "router", "e_score_correction_bias")
-    tensors = {}
-    for hf_name, jax_path, to_jax, extra in _tensor_table(config):
-        value = flat[jax_path]
-        array = value[extra].T if to_jax is _EXPERT else extra(value)
-        out_dtype = jnp.float32 if jax_path[-1] in keep_f32 else dtype
-        tensors[hf_name] = np.ascontiguousarray(np.asarray(jax.device_get(array.astype(out_dtype))))
-    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
-    (path / "config.json").write_text(json.dumps(config_to_hf(config, dtype.name), indent=2) + "\n")
-    return path
-
-
-__all__ = ["ARCHITECTURE", "config_from_hf", "config_to_hf", "load_pretrained", "save_pretrained"]
+__all__ = ["ARCHITECTURE", "KIMI_LINEAR"]

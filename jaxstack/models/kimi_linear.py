@@ -1,7 +1,8 @@
 """Kimi Linear (Moonshot AI, 2025): a hybrid of Kimi Delta Attention and NoPE MLA with MoE, in Flax NNX.
 
-Read top to bottom: the config (layer schedule as data, as in the released ``config.json``), the cache
-and output pytrees, the decoder layer, the model, presets, and the cache-size report.
+Read top to bottom: the cache and output pytrees, the decoder layer, the model, and the cache-size report.
+The config (layer schedule as data, as in the released ``config.json``) and presets live in
+:mod:`jaxstack.models.configs`.
 
 Block (Moonlight / DeepSeek-V3 style, pre-norm)::
 
@@ -17,13 +18,13 @@ model of the same shape.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from jaxstack.models.configs import KimiLinearConfig
 from jaxstack.models.llama import ModelOutput  # shared output pytree (logits, cache)
 
 from jaxstack.layers.attention import param
@@ -37,164 +38,6 @@ from jaxstack.layers.rotary import rope_angles
 from jaxstack.precision import DtypePolicy, as_dtype, get_policy
 
 Mode = Literal["chunk", "recurrent"]
-
-
-# ----------------------------------------------------------------------------------------------------
-# Config
-
-
-@dataclasses.dataclass(frozen=True)
-class KimiLinearConfig:
-    """Kimi Linear decoder. Field names follow the released ``config.json`` where one exists.
-
-    Layer schedule: ``full_attn_layers`` / ``kda_layers`` are **1-based** layer numbers, exactly as in
-    ``linear_attn_config`` of the checkpoint (48B: MLA at 4, 8, ..., 24, 27). Every layer must be in
-    exactly one list. MoE replaces the dense FFN at 0-based layer ``i`` when
-    ``i >= first_k_dense_replace and i % moe_layer_freq == 0`` (DeepSeek / HF-hub rule).
-    """
-
-    vocab_size: int = 163840
-    hidden_size: int = 2304
-    intermediate_size: int = 9216  # dense FFN layers
-    num_layers: int = 27
-    rms_norm_eps: float = 1e-5
-    tie_word_embeddings: bool = False
-    initializer_range: float = 0.02
-    # Layer schedule (1-based, as in linear_attn_config).
-    full_attn_layers: tuple[int, ...] = (4, 8, 12, 16, 20, 24, 27)
-    kda_layers: tuple[int, ...] = (1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 14, 15, 17, 18, 19, 21, 22, 23, 25, 26)
-    # MLA
-    num_heads: int = 32
-    kv_lora_rank: int = 512
-    q_lora_rank: int | None = None
-    qk_nope_head_dim: int = 128
-    qk_rope_head_dim: int = 64
-    v_head_dim: int = 128
-    mla_use_nope: bool = True
-    rope_theta: float = 10000.0
-    # KDA (linear_attn_config)
-    kda_num_heads: int = 32
-    kda_head_dim: int = 128
-    short_conv_kernel_size: int = 4
-    kda_backend: str = "auto"
-    kda_chunk_size: int | None = None
-    # MoE
-    num_experts: int = 256
-    num_experts_per_token: int = 8
-    num_shared_experts: int = 1
-    moe_intermediate_size: int = 1024
-    routed_scaling_factor: float = 2.446
-    moe_renormalize: bool = True
-    num_expert_group: int = 1
-    topk_group: int = 1
-    first_k_dense_replace: int = 1
-    moe_layer_freq: int = 1
-    moe_implementation: str = "auto"
-    # Tokens / context
-    max_position_embeddings: int = 1048576
-    bos_token_id: int | None = 163584
-    eos_token_id: int | tuple[int, ...] | None = 163586
-    pad_token_id: int | None = 163839
-
-    def __post_init__(self):
-        positive = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "kv_lora_rank",
-                    "qk_nope_head_dim", "v_head_dim", "kda_num_heads", "kda_head_dim", "short_conv_kernel_size",
-                    "num_experts", "num_experts_per_token", "moe_intermediate_size", "num_expert_group", "topk_group",
-                    "moe_layer_freq")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"model.{name}: expected a positive integer, got {value!r}")
-        for name in ("full_attn_layers", "kda_layers"):
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
-        if isinstance(self.eos_token_id, list):
-            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
-        full, linear = set(self.full_attn_layers), set(self.kda_layers)
-        if len(full) != len(self.full_attn_layers) or len(linear) != len(self.kda_layers):
-            raise ValueError("model.full_attn_layers / kda_layers: a layer number is listed twice")
-        if full & linear:
-            raise ValueError(f"model: layers {sorted(full & linear)} are in both full_attn_layers and kda_layers")
-        expected = set(range(1, self.num_layers + 1))
-        if full | linear != expected:
-            missing, extra = sorted(expected - (full | linear)), sorted((full | linear) - expected)
-            raise ValueError(
-                f"model.full_attn_layers + kda_layers must cover layers 1..{self.num_layers} (1-based) exactly; "
-                f"missing {missing}, out of range {extra}"
-            )
-        if self.num_experts_per_token > self.num_experts:
-            raise ValueError(f"model.num_experts_per_token={self.num_experts_per_token} exceeds "
-                             f"num_experts={self.num_experts}")
-        if self.first_k_dense_replace < 0:
-            raise ValueError(f"model.first_k_dense_replace: expected >= 0, got {self.first_k_dense_replace}")
-        if self.qk_rope_head_dim < 0 or (not self.mla_use_nope and self.qk_rope_head_dim % 2):
-            raise ValueError(f"model.qk_rope_head_dim: expected >= 0 (even with RoPE), got {self.qk_rope_head_dim}")
-        if self.moe_implementation not in ("auto", "dense", "ragged"):
-            raise ValueError(f"model.moe_implementation: expected 'auto', 'dense' or 'ragged', "
-                             f"got {self.moe_implementation!r}")
-
-    # -- derived schedule ----------------------------------------------------------------------------
-    @property
-    def layer_types(self) -> tuple[str, ...]:
-        """Per 0-based layer: ``"linear_attention"`` (KDA) or ``"full_attention"`` (MLA), HF's names."""
-        full = set(self.full_attn_layers)
-        return tuple("full_attention" if i + 1 in full else "linear_attention" for i in range(self.num_layers))
-
-    @property
-    def mlp_layer_types(self) -> tuple[str, ...]:
-        """Per 0-based layer: ``"dense"`` (SwiGLU) or ``"sparse"`` (MoE)."""
-        return tuple(
-            "sparse" if i >= self.first_k_dense_replace and i % self.moe_layer_freq == 0 else "dense"
-            for i in range(self.num_layers)
-        )
-
-    @property
-    def num_kda_layers(self) -> int:
-        return len(self.kda_layers)
-
-    @property
-    def num_mla_layers(self) -> int:
-        return len(self.full_attn_layers)
-
-    @property
-    def latent_dim(self) -> int:
-        """MLA cache entries per token per layer: kv_lora_rank + qk_rope_head_dim."""
-        return self.kv_lora_rank + self.qk_rope_head_dim
-
-    def replace(self, **changes: Any) -> KimiLinearConfig:
-        return dataclasses.replace(self, **changes)
-
-    def with_schedule(self, layer_types: list[str] | tuple[str, ...]) -> KimiLinearConfig:
-        """A copy with the schedule from per-layer types (``"linear_attention"`` / ``"full_attention"``)."""
-        if len(layer_types) != self.num_layers:
-            raise ValueError(f"layer_types: expected {self.num_layers} entries, got {len(layer_types)}")
-        bad = sorted({t for t in layer_types} - {"linear_attention", "full_attention"})
-        if bad:
-            raise ValueError(f"layer_types: unknown types {bad}; expected 'linear_attention' or 'full_attention'")
-        full = tuple(i + 1 for i, t in enumerate(layer_types) if t == "full_attention")
-        linear = tuple(i + 1 for i, t in enumerate(layer_types) if t == "linear_attention")
-        return self.replace(full_attn_layers=full, kda_layers=linear)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> KimiLinearConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"model: unknown KimiLinearConfig fields {unknown}")
-        return cls(**data)
-
-    def num_params(self) -> dict[str, int]:
-        """Parameter counts: ``total`` and ``activated`` per token (routed top-k + shared), from shapes."""
-        model = nnx.eval_shape(lambda: KimiLinearForCausalLM(self, rngs=nnx.Rngs(0)))
-        total = sum(v.size for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
-        d, f = self.hidden_size, self.moe_intermediate_size
-        unused_experts = self.num_experts - self.num_experts_per_token
-        moe_layers = self.mlp_layer_types.count("sparse")
-        return {"total": int(total), "activated": int(total - moe_layers * unused_experts * 3 * d * f)}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -404,42 +247,6 @@ class KimiLinearForCausalLM(nnx.Module):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Presets
-
-
-def _schedule(num_layers: int, full: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    return {"full_attn_layers": full, "kda_layers": tuple(i for i in range(1, num_layers + 1) if i not in full)}
-
-
-KIMI_PRESETS: dict[str, KimiLinearConfig] = {
-    # The released Kimi-Linear-48B-A3B config.json (shapes / memory maths; 27 layers, MLA at 4,8,..,24,27).
-    "kimi-linear-48b-a3b": KimiLinearConfig(),
-    # CPU-minutes scale: 4 layers, MLA at the 4th (3:1), MoE 2-of-4 + 1 shared, first layer dense.
-    "kimi-linear-tiny": KimiLinearConfig(
-        vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=4, **_schedule(4, (4,)),
-        num_heads=4, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
-        kda_num_heads=4, kda_head_dim=16, num_experts=4, num_experts_per_token=2, num_shared_experts=1,
-        moe_intermediate_size=32, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    ),
-    # One accelerator: 8 layers (3:1, MLA at 4 and 8), d=1024, MoE 4-of-32 + 1 shared.
-    "kimi-linear-small": KimiLinearConfig(
-        vocab_size=32768, hidden_size=1024, intermediate_size=2816, num_layers=8, **_schedule(8, (4, 8)),
-        num_heads=8, kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64,
-        kda_num_heads=8, kda_head_dim=128, num_experts=32, num_experts_per_token=4, num_shared_experts=1,
-        moe_intermediate_size=512, routed_scaling_factor=2.446, max_position_embeddings=65536,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    ),
-}
-
-
-def get_kimi_config(name: str, **overrides: Any) -> KimiLinearConfig:
-    """A Kimi Linear preset by name (``kimi-linear-48b-a3b``, ``-tiny``, ``-small``), with overrides."""
-    if name not in KIMI_PRESETS:
-        raise ValueError(f"model preset: unknown {name!r}; known Kimi Linear presets are {sorted(KIMI_PRESETS)}")
-    return KIMI_PRESETS[name].replace(**overrides) if overrides else KIMI_PRESETS[name]
-
-
-# ----------------------------------------------------------------------------------------------------
 # Cache size report
 
 
@@ -487,13 +294,10 @@ def cache_bytes(
 
 
 __all__ = [
-    "KIMI_PRESETS",
     "DecoderLayer",
     "KimiCache",
-    "KimiLinearConfig",
     "KimiLinearForCausalLM",
     "ModelOutput",
     "cache_bytes",
-    "get_kimi_config",
     "init_cache",
 ]

@@ -15,12 +15,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from jaxstack.layers.attention import Attention
+from jaxstack.layers.attention import Attention, param
 from jaxstack.layers.embedding import Embedding
 from jaxstack.layers.mlp import SwiGLU
 from jaxstack.layers.norms import RMSNorm
+from jaxstack.layers.options import TRAINING_KERNELS, KernelOptions
 from jaxstack.layers.rotary import rope_angles
-from jaxstack.layers.attention import param
 from jaxstack.models.configs import LlamaConfig
 from jaxstack.precision import DtypePolicy, get_policy
 
@@ -80,30 +80,34 @@ class DecoderLayer(nnx.Module):
         self.post_attention_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, policy=policy)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, init_std=std, policy=policy, rngs=rngs)
 
-    def __call__(self, x, rope, *, segment_ids=None, cache=None, attention_allowed=None, query_indices=None):
+    def __call__(self, x, rope, *, segment_ids=None, cache=None, attention_allowed=None, query_indices=None,
+                 kernels: KernelOptions = TRAINING_KERNELS):
         """x: [B, T, D]. cache: (k [B,S,KV,hd], v, lengths [B]) or None. Returns (x, (k, v) or None).
 
         query_indices: [B, P] (no cache): compute the layer's output only at these positions (keys and
         values still come from all T); returns x [B, P, D]. Used for the last layer when only some
-        positions' logits are wanted.
+        positions' logits are wanted. kernels: the kernel options (``layers.options``).
         """
-        attended, new_cache = self.attention(self.input_norm(x), rope, segment_ids=segment_ids, cache=cache,
-                                             attention_allowed=attention_allowed, query_indices=query_indices)
+        chunks = kernels.norm_chunks
+        attended, new_cache = self.attention(self.input_norm(x, chunks=chunks), rope, segment_ids=segment_ids,
+                                             cache=cache, attention_allowed=attention_allowed,
+                                             query_indices=query_indices, kernels=kernels)
         if query_indices is not None:
             x = jnp.take_along_axis(x, query_indices[:, :, None], axis=1)
         x = x + attended
-        x = x + self.mlp(self.post_attention_norm(x))
+        x = x + self.mlp(self.post_attention_norm(x, chunks=chunks))
         return x, new_cache
 
 
-def _layer_step(layer: DecoderLayer, x, rope, masks, layer_cache, lengths, layer_index, query_indices=None):
+def _layer_step(layer: DecoderLayer, x, rope, masks, layer_cache, lengths, layer_index, query_indices=None,
+                kernels: KernelOptions = TRAINING_KERNELS):
     """One layer. ``masks`` = (segment_ids, attention_allowed). ``layer_index`` is data (traced under
     scan): interventions/capture hook in here."""
     del layer_index  # reserved for interventions / capture (DESIGN principle 5)
     cache = None if layer_cache is None else (layer_cache[0], layer_cache[1], lengths)
     segment_ids, allowed = masks
     return layer(x, rope, segment_ids=segment_ids, cache=cache, attention_allowed=allowed,
-                 query_indices=query_indices)
+                 query_indices=query_indices, kernels=kernels)
 
 
 class LlamaForCausalLM(nnx.Module):
@@ -134,6 +138,7 @@ class LlamaForCausalLM(nnx.Module):
         cache: KVCache | None = None,
         attention_allowed: jax.Array | None = None,
         logits_indices: jax.Array | None = None,
+        kernels: KernelOptions = TRAINING_KERNELS,
     ) -> ModelOutput:
         """tokens: [B, T] int. positions: [B, T] int (default: 0..T-1, or continuing the cache).
 
@@ -141,13 +146,16 @@ class LlamaForCausalLM(nnx.Module):
         that restart per segment). cache: a KVCache to decode with (the T tokens are appended).
         attention_allowed: [B, T, T] bool (no cache), ANDed with the causal mask: e.g. several
         continuations packed after one shared context, each seeing the context and itself only
-        (``jaxstack.evals.scoring`` scores multiple-choice items this way).
+        (``jaxstack.inference.scoring`` scores multiple-choice items this way).
         logits_indices: [B, P] int, token indices (each in [0, T); repeats allowed) at which to compute
         logits; default all. Without a
         cache the last layer also runs its queries, attention output and MLP at these P positions
         only (the earlier layers' keys and values need every position, the last layer's outputs do
         not), and the LM head runs on P positions instead of T.
-        Returns ModelOutput(logits [B, T or P, V] in policy.output_dtype, cache).
+        kernels: which implementation of the same math to run (``layers.options.KernelOptions``: fused
+        QKV, online-softmax attention, split norm reductions); the default is the training kernels.
+        Returns ModelOutput(logits [B, T or P, V] in policy.output_dtype, cache). The LM head runs in
+        ``policy.lm_head_dtype`` (the compute dtype unless the policy says e.g. float32).
         """
         self._check_inputs(tokens, positions, segment_ids, cache)
         _check_tree_inputs(tokens, attention_allowed, logits_indices, cache)
@@ -163,21 +171,21 @@ class LlamaForCausalLM(nnx.Module):
         if logits_indices is not None:
             logits_indices = logits_indices.astype(jnp.int32)
         prune = logits_indices if cache is None else None
-        x, new_kv = self._run_layers(x, rope, (segment_ids, attention_allowed), cache, prune)
+        x, new_kv = self._run_layers(x, rope, (segment_ids, attention_allowed), cache, prune, kernels)
         if logits_indices is not None and prune is None:
             x = jnp.take_along_axis(x, logits_indices[:, :, None], axis=1)
-        x = self.norm(x)
-        if self.lm_head is None:
-            logits = self.embed.attend(x)
+        x = self.norm(x, chunks=kernels.norm_chunks)
+        head = self.policy.lm_head_dtype
+        if self.lm_head is None:  # tied: the embedding table [V, D]
+            logits = jnp.einsum("btd,vd->btv", x.astype(head), self.embed.embedding[...].astype(head))
         else:
-            compute = self.policy.compute_dtype
-            logits = x.astype(compute) @ self.lm_head[...].astype(compute)
+            logits = x.astype(head) @ self.lm_head[...].astype(head)
         new_cache = None
         if cache is not None:
             new_cache = KVCache(k=new_kv[0], v=new_kv[1], lengths=cache.lengths + length)
         return ModelOutput(logits=logits.astype(self.policy.output_dtype), cache=new_cache)
 
-    def _run_layers(self, x, rope, masks, cache, query_indices=None):
+    def _run_layers(self, x, rope, masks, cache, query_indices=None, kernels: KernelOptions = TRAINING_KERNELS):
         """All layers; with ``query_indices`` (no cache) the last one runs at those positions only."""
         lengths = None if cache is None else cache.lengths
         last = self.config.num_layers - 1
@@ -186,7 +194,7 @@ class LlamaForCausalLM(nnx.Module):
             for index, layer in enumerate(self.layers):
                 layer_cache = None if cache is None else (cache.k[index], cache.v[index])
                 x, kv = _layer_step(layer, x, rope, masks, layer_cache, lengths, index,
-                                    query_indices if index == last else None)
+                                    query_indices if index == last else None, kernels)
                 if kv is not None:
                     ks.append(kv[0])
                     vs.append(kv[1])
@@ -198,7 +206,7 @@ class LlamaForCausalLM(nnx.Module):
         def body(carry, xs):
             layer_state, layer_cache, index = xs
             layer = nnx.merge(graphdef, layer_state)
-            y, kv = _layer_step(layer, carry, rope, masks, layer_cache, lengths, index)
+            y, kv = _layer_step(layer, carry, rope, masks, layer_cache, lengths, index, kernels=kernels)
             return y, kv
 
         if remat:
@@ -212,7 +220,7 @@ class LlamaForCausalLM(nnx.Module):
 
         def final(x, layer_state):
             layer = nnx.merge(graphdef, layer_state)
-            return _layer_step(layer, x, rope, masks, None, None, indices[last], query_indices)[0]
+            return _layer_step(layer, x, rope, masks, None, None, indices[last], query_indices, kernels)[0]
 
         if remat:
             final = jax.checkpoint(final, prevent_cse=False)

@@ -12,6 +12,8 @@ Per step (``train_rl``):
    of it is phantom; later minibatches give the real clip fraction;
 5. float16 training goes through the dynamic loss scaler; non-finite steps are skipped and counted.
 
+The parameters are the ``nnx.State`` of the model's Params (float32 masters), as in the trainer; the
+loss-scaled step is ``train.step.loss_scaled_update`` and the optimizer ``train.optimizers.make_optimizer``.
 Everything numeric is jitted; policies, knobs and loss config are static arguments. Every step's
 metrics are one JSON line (``metrics.jsonl``).
 """
@@ -34,15 +36,7 @@ from tqdm.auto import tqdm
 
 from jaxstack.models.configs import LlamaConfig
 from jaxstack.models.llama import LlamaForCausalLM
-from jaxstack.precision import (
-    LossScaleConfig,
-    all_finite,
-    init_loss_scale,
-    scale_loss,
-    select_tree,
-    unscale_grads,
-    update_loss_scale,
-)
+from jaxstack.precision import DtypePolicy, LossScaleConfig, init_loss_scale
 from jaxstack.rl import engine as engine_lib
 from jaxstack.rl.losses import (
     LossConfig,
@@ -51,14 +45,18 @@ from jaxstack.rl.losses import (
     rl_loss,
 )
 from jaxstack.rl.metrics import mismatch_metrics
-from jaxstack.rl.policy import EnginePolicy, engine_policy
+from jaxstack.rl.policy import engine_policy
 from jaxstack.rl.tasks import EOS, Task, demonstrations
+from jaxstack.train.optimizers import OptimizerConfig, make_optimizer
+from jaxstack.train.step import loss_scaled_update, split_model
 
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
-    """One RL run. ``rollout_policy`` None = same as ``train_policy``. ``loss_scale`` None = on iff
-    the training engine computes in float16. ``noise_std``: Gaussian noise on the rollout logits (E3)."""
+    """One RL run. ``train_policy`` / ``rollout_policy``: ``DtypePolicy`` presets with float32 masters
+    (``"fp32"``, ``"bf16-mixed"``, ``"fp16-mixed"``); ``rollout_policy`` None = same as ``train_policy``.
+    ``loss_scale`` None = on iff the training engine computes in float16. ``noise_std``: Gaussian noise
+    on the rollout logits (E3)."""
 
     train_policy: str = "fp32"
     rollout_policy: str | None = None
@@ -94,7 +92,7 @@ class RLConfig:
         if self.noise_std < 0:
             raise ValueError(f"rl.noise_std: expected >= 0, got {self.noise_std}")
 
-    def policies(self) -> tuple[EnginePolicy, EnginePolicy]:
+    def policies(self) -> tuple[DtypePolicy, DtypePolicy]:
         train = engine_policy(self.train_policy)
         return train, engine_policy(self.rollout_policy or self.train_policy)
 
@@ -110,10 +108,10 @@ class RLConfig:
                                growth_interval=self.growth_interval)
 
 
-def init_masters(config: LlamaConfig, seed: int) -> dict:
-    """Float32 master parameters of a fresh ``LlamaForCausalLM`` as a pure dict."""
-    model = LlamaForCausalLM(config, rngs=nnx.Rngs(seed))
-    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+def init_masters(config: LlamaConfig, seed: int) -> nnx.State:
+    """Float32 master parameters of a fresh ``LlamaForCausalLM``: the ``nnx.State`` of its Params."""
+    _, params = split_model(LlamaForCausalLM(config, rngs=nnx.Rngs(seed)))
+    return params
 
 
 @functools.partial(jax.jit, static_argnames=("config", "policy", "prompt_length"))
@@ -123,8 +121,12 @@ def score(masters, tokens, *, config, policy, prompt_length):
                                      with_entropy=True)
 
 
-def make_optimizer(learning_rate: float, grad_clip: float) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adam(learning_rate))
+def _adam(learning_rate: float, clip_norm: float | None, params) -> optax.GradientTransformation:
+    """Adam at a constant learning rate (no warmup, no weight decay), optionally after global-norm
+    clipping: ``make_optimizer``'s AdamW with those settings."""
+    config = OptimizerConfig(learning_rate=learning_rate, schedule="constant", warmup_steps=0, b2=0.999,
+                             weight_decay=0.0, clip_norm=clip_norm)
+    return make_optimizer(config, 1, params)
 
 
 def _zero_fraction(grads) -> jax.Array:
@@ -141,36 +143,29 @@ def rl_update(masters, opt_state, ls_state, batch, *, config, policy, loss_cfg, 
     def loss_fn(params):
         logp = engine_lib.token_logprobs(params, batch["tokens"], prompt_length=prompt_length, config=config,
                                          policy=policy)
-        loss, aux = rl_loss(logp, batch["old"], batch["rollout"], batch["adv"], batch["mask"], loss_cfg)
-        return scale_loss(ls_state, loss), (loss, aux)
+        return rl_loss(logp, batch["old"], batch["rollout"], batch["adv"], batch["mask"], loss_cfg)
 
-    grads, (loss, aux) = jax.grad(loss_fn, has_aux=True)(masters)
-    grads = unscale_grads(ls_state, grads)
-    finite = all_finite(grads)
-    updates, new_opt = tx.update(grads, opt_state, masters)
-    new_masters = optax.apply_updates(masters, updates)
+    (new_masters, opt_state, new_ls_state), (loss, aux, grads, finite) = loss_scaled_update(
+        loss_fn, masters, opt_state, ls_state, tx=tx, loss_scale=ls_cfg, skip_nonfinite=True)
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "grad_zero_fraction": _zero_fraction(grads),
                "finite": finite, "loss_scale": ls_state.scale, **aux}
-    masters = select_tree(finite, new_masters, masters)
-    opt_state = select_tree(finite, new_opt, opt_state)
-    ls_state = update_loss_scale(ls_state, finite, ls_cfg)
-    return masters, opt_state, ls_state, metrics
+    return new_masters, opt_state, new_ls_state, metrics
 
 
 def _float(x) -> float:
     return float(np.asarray(x))
 
 
-def train_rl(masters: dict, model_config: LlamaConfig, task: Task, cfg: RLConfig, *,
+def train_rl(masters: nnx.State, model_config: LlamaConfig, task: Task, cfg: RLConfig, *,
              log_path: str | pathlib.Path | None = None, progress: bool = True,
-             extra: dict[str, Any] | None = None) -> tuple[dict, list[dict]]:
+             extra: dict[str, Any] | None = None) -> tuple[nnx.State, list[dict]]:
     """Runs ``cfg.steps`` RL steps from ``masters`` (float32). Returns (final masters, per-step metrics);
     with ``log_path`` each step is also appended to that JSONL file."""
     train_policy, rollout_policy = cfg.policies()
     knobs = engine_lib.get_knobs(cfg.knobs)
     loss_cfg = cfg.loss_config(task.max_new_tokens)
     ls_cfg = cfg.loss_scale_config()
-    tx = make_optimizer(cfg.learning_rate, cfg.grad_clip)
+    tx = _adam(cfg.learning_rate, cfg.grad_clip, masters)
     opt_state = tx.init(masters)
     ls_state = init_loss_scale(ls_cfg)
     rng = np.random.default_rng(cfg.seed)
@@ -252,9 +247,10 @@ def sft_update(masters, opt_state, tokens, mask, *, config, policy, tx, prompt_l
         logp = engine_lib.token_logprobs(params, tokens, prompt_length=prompt_length, config=config, policy=policy)
         return -jnp.sum(logp * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
-    loss, grads = jax.value_and_grad(loss_fn)(masters)
-    updates, opt_state = tx.update(grads, opt_state, masters)
-    return optax.apply_updates(masters, updates), opt_state, loss
+    (masters, opt_state, _), (loss, _, _, _) = loss_scaled_update(
+        lambda params: (loss_fn(params), None), masters, opt_state, init_loss_scale(LossScaleConfig(enabled=False)),
+        tx=tx)
+    return masters, opt_state, loss
 
 
 def evaluate_success(masters, model_config: LlamaConfig, task: Task, n: int, seed: int, *,
@@ -269,14 +265,14 @@ def evaluate_success(masters, model_config: LlamaConfig, task: Task, n: int, see
     return float(task.success(rewards).mean())
 
 
-def sft(masters: dict, model_config: LlamaConfig, task: Task, *, steps: int, batch_size: int, learning_rate: float,
+def sft(masters: nnx.State, model_config: LlamaConfig, task: Task, *, steps: int, batch_size: int, learning_rate: float,
         seed: int, error_rate: float = 0.1, distractor_rate: float = 0.02, target: tuple[float, float] = (0.2, 0.8),
-        eval_every: int = 50, eval_size: int = 128, progress: bool = True) -> tuple[dict, list[dict]]:
+        eval_every: int = 50, eval_size: int = 128, progress: bool = True) -> tuple[nnx.State, list[dict]]:
     """Supervised fine-tuning on noisy demonstrations (float32), evaluated every ``eval_every`` steps;
     stops at the first evaluation whose success rate lies in ``target`` (the sanity-test band).
     Returns (masters, log of {step, loss, success})."""
     policy = engine_policy("fp32")
-    tx = optax.adam(learning_rate)
+    tx = _adam(learning_rate, None, masters)
     opt_state = tx.init(masters)
     rng = np.random.default_rng(seed)
     log = []

@@ -82,6 +82,44 @@ def loss_fn(params, graphdef, batch: dict[str, jax.Array]):
     return loss, count
 
 
+def loss_scaled_update(
+    loss_of: Callable[[Any], tuple[jax.Array, Any]],
+    params,
+    opt_state,
+    scaler: LossScaleState,
+    *,
+    tx: optax.GradientTransformation,
+    loss_scale: LossScaleConfig | None = None,
+    skip_nonfinite: bool = False,
+):
+    """One optimizer step on ``loss_of(params) -> (loss, aux)`` through the dynamic loss scaler.
+
+    With an enabled scaler (float16 compute) the loss is multiplied by the float32 scale before the
+    backward pass and the gradients divided by it in float32; a step whose gradients are not all finite
+    leaves params and optimizer state unchanged and backs the scale off. ``skip_nonfinite`` skips
+    non-finite steps with a disabled scaler too (the RL loop and the trainer). ``finite``: the loss and
+    every gradient are finite (a bool scalar).
+    Returns ((params, opt_state, scaler), (loss, aux, grads, finite)); grads are the unscaled gradients.
+    """
+    if scaler.enabled and loss_scale is None:
+        raise ValueError("loss_scale: the loss scaler is enabled; pass its LossScaleConfig")
+
+    def scaled_loss(params):
+        loss, aux = loss_of(params)
+        return scale_loss(scaler, loss), (loss, aux)
+
+    grads, (loss, aux) = jax.grad(scaled_loss, has_aux=True)(params)
+    grads = unscale_grads(scaler, grads)
+    finite = all_finite((loss, grads))
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    if scaler.enabled or skip_nonfinite:
+        new_params = select_tree(finite, new_params, params)
+        new_opt_state = select_tree(finite, new_opt_state, opt_state)
+        scaler = update_loss_scale(scaler, finite, loss_scale)  # disabled: only counts skipped steps
+    return (new_params, new_opt_state, scaler), (loss, aux, grads, finite)
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
@@ -91,39 +129,25 @@ def train_step(
     schedule: Callable[[jax.Array], jax.Array] | None = None,
     loss_scale: LossScaleConfig | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step. Returns (new state, metrics: loss, grad_norm, tokens[, lr][, loss_scale, skipped]).
+    """One optimizer step. Returns (new state, metrics: loss, grad_norm, tokens, finite, skipped_steps[, lr]
+    [, loss_scale]).
 
-    With an enabled loss scaler (float16 compute) the loss is multiplied by the float32 scale before the
-    backward pass and the gradients divided by it in float32; a step whose gradients are not all finite
-    leaves params and optimizer state unchanged (the step counter still advances) and halves the scale.
+    The loss-scaled update is :func:`loss_scaled_update` with ``skip_nonfinite``: a step whose loss or
+    gradients are not all finite leaves params and optimizer state unchanged (the step counter still
+    advances; with an enabled scaler, float16 compute, the scale is halved too). ``finite`` (bool) says
+    whether this step was applied; ``skipped_steps`` (int32) counts the skipped steps of the run so far.
     """
     scaler = state.loss_scale
-    if not scaler.enabled:
-        (loss, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, graphdef, batch)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new_scaler, extra = scaler, {}
-    else:
-        if loss_scale is None:
-            raise ValueError("train_step: the state's loss scaler is enabled; pass its LossScaleConfig as loss_scale")
-
-        def scaled_loss(params):
-            loss, count = loss_fn(params, graphdef, batch)
-            return scale_loss(scaler, loss), (loss, count)
-
-        (_, (loss, count)), grads = jax.value_and_grad(scaled_loss, has_aux=True)(state.params)
-        grads = unscale_grads(scaler, grads)
-        finite = all_finite(grads)
-        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-        params = select_tree(finite, optax.apply_updates(state.params, updates), state.params)
-        opt_state = select_tree(finite, new_opt_state, state.opt_state)
-        new_scaler = update_loss_scale(scaler, finite, loss_scale)
-        extra = {"loss_scale": scaler.scale, "skipped_steps": new_scaler.skipped}
+    (params, opt_state, new_scaler), (loss, count, grads, finite) = loss_scaled_update(
+        lambda params: loss_fn(params, graphdef, batch), state.params, state.opt_state, scaler, tx=tx,
+        loss_scale=loss_scale, skip_nonfinite=True)
     metrics = {
         "loss": loss,
         "grad_norm": optax.tree.norm(grads),
         "tokens": count,
-        **extra,
+        "finite": finite,
+        "skipped_steps": new_scaler.skipped,
+        **({"loss_scale": scaler.scale} if scaler.enabled else {}),
     }
     if schedule is not None:
         metrics["lr"] = schedule(state.step)

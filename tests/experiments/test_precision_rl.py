@@ -1,7 +1,7 @@
 """The precision-rl experiment: registry, presets, validation (fast) and a micro end-to-end run (slow)."""
 
+import importlib.metadata
 import json
-import pathlib
 
 import pytest
 
@@ -9,9 +9,8 @@ from experiments import precision_rl
 
 
 def test_registered_with_tiny_and_paper_presets():
-    # under pytest `import experiments` can resolve to the tests/experiments namespace: read the registry file
-    registry = pathlib.Path(precision_rl.__file__).with_name("__init__.py").read_text()
-    assert '"precision-rl": "experiments.precision_rl"' in registry
+    (entry,) = importlib.metadata.entry_points(group="jaxstack.experiments", name="precision-rl")
+    assert entry.value == "experiments.precision_rl"
     tiny, paper = precision_rl.PRESETS["tiny"], precision_rl.PRESETS["paper"]
     assert tiny.model.num_params() < 200_000
     assert paper.model.hidden_size == 896 and paper.model.num_layers == 24 and paper.model.vocab_size == 151936

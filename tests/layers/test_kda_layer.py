@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from jaxstack.layers.kda import KimiDeltaAttention, l2_normalize
+from jaxstack.precision import DtypePolicy
 
 ATOL = 1e-6
 
@@ -70,7 +71,7 @@ def test_gate_params_float32_without_weight_decay():
 
 def test_l2_normalize():
     x = jnp.array([[3.0, 4.0]])
-    np.testing.assert_allclose(np.asarray(l2_normalize(x)), [[0.6, 0.8]], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(l2_normalize(x, policy=DtypePolicy())), [[0.6, 0.8]], rtol=1e-6)
 
 
 def test_bad_inputs(layer):

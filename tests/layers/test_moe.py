@@ -68,10 +68,10 @@ def test_bias_selects_but_does_not_weight():
     x = jax.random.normal(jax.random.key(2), (64, D))
     w = 0.4 * jax.random.normal(jax.random.key(3), (D, E))
     big = jnp.zeros((E,)).at[0].set(10.0)  # forces expert 0 into every top-k
-    weights, idx, scores = route(x, w, big, top_k=K, renormalize=False)
+    weights, idx, scores = route(x, w, big, top_k=K, accum_dtype=jnp.float32, renormalize=False)
     assert bool((idx == 0).any(-1).all())
     np.testing.assert_allclose(np.asarray(weights), np.take_along_axis(np.asarray(scores), np.asarray(idx), -1))
-    weights, _, _ = route(x, w, None, top_k=K, routed_scaling_factor=2.0)
+    weights, _, _ = route(x, w, None, top_k=K, accum_dtype=jnp.float32, routed_scaling_factor=2.0)
     np.testing.assert_allclose(np.asarray(weights.sum(-1)), 2.0, rtol=1e-6)
 
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.oracle
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from jaxstack.models import hf  # noqa: E402
+from jaxstack.models import checkpoint  # noqa: E402
 from jaxstack.precision import DtypePolicy  # noqa: E402
 
 CASES = {
@@ -84,7 +84,7 @@ def test_hf_to_jaxstack_logits_float64(name, tmp_path):
     assert np.std(expected) > 1.0  # the large init makes logits sensitive to conventions
     with jax.enable_x64(True):
         for scan_layers in (False, True):
-            model = hf.load_pretrained(tmp_path, policy=F64, scan_layers=scan_layers)
+            model = checkpoint.load_pretrained(tmp_path, policy=F64, scan_layers=scan_layers)
             logits = np.asarray(model(jnp.asarray(tokens)).logits)
             assert logits.dtype == np.float64
             np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0, err_msg=f"scan_layers={scan_layers}")
@@ -97,7 +97,7 @@ def test_hf_to_jaxstack_logits_float32(name, tmp_path):
     hf_model.save_pretrained(tmp_path, safe_serialization=True)
     tokens = _tokens(case["vocab"])
     expected = _hf_logits(hf_model, tokens)
-    model = hf.load_pretrained(tmp_path)
+    model = checkpoint.load_pretrained(tmp_path)
     logits = jax.jit(lambda t: model(t).logits)(jnp.asarray(tokens))
     np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-5, rtol=0)
 
@@ -107,8 +107,8 @@ def test_jaxstack_to_hf_round_trip(name, tmp_path):
     case = CASES[name]
     hf_model = _make_hf_model(case)
     hf_model.save_pretrained(tmp_path / "original", safe_serialization=True)
-    model = hf.load_pretrained(tmp_path / "original")
-    hf.save_pretrained(model, tmp_path / "saved")
+    model = checkpoint.load_pretrained(tmp_path / "original")
+    checkpoint.save_pretrained(model, tmp_path / "saved")
     auto = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "saved", attn_implementation="eager").eval()
     tokens = _tokens(case["vocab"], seed=1)
     jax_logits = np.asarray(model(jnp.asarray(tokens)).logits)
@@ -133,8 +133,8 @@ def test_missing_tensor_is_named(tmp_path):
     tensors = load_file(path / "model.safetensors")
     del tensors["model.layers.1.mlp.up_proj.weight"]
     save_file(tensors, path / "model.safetensors")
-    with pytest.raises(hf.CheckpointError, match=r"model\.layers\.1\.mlp\.up_proj\.weight"):
-        hf.load_pretrained(path)
+    with pytest.raises(checkpoint.CheckpointError, match=r"model\.layers\.1\.mlp\.up_proj\.weight"):
+        checkpoint.load_pretrained(path)
 
 
 def test_wrong_shape_is_named(tmp_path):
@@ -144,8 +144,8 @@ def test_wrong_shape_is_named(tmp_path):
     tensors = load_file(path / "model.safetensors")
     tensors["model.layers.0.self_attn.k_proj.weight"] = tensors["model.layers.0.self_attn.k_proj.weight"][:-1]
     save_file(tensors, path / "model.safetensors")
-    with pytest.raises(hf.CheckpointError, match=r"k_proj\.weight.*shape"):
-        hf.load_pretrained(path)
+    with pytest.raises(checkpoint.CheckpointError, match=r"k_proj\.weight.*shape"):
+        checkpoint.load_pretrained(path)
 
 
 def test_unknown_architecture_is_named(tmp_path):
@@ -153,8 +153,8 @@ def test_unknown_architecture_is_named(tmp_path):
     config = json.loads((path / "config.json").read_text())
     config["architectures"] = ["MistralForCausalLM"]
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(hf.CheckpointError, match="MistralForCausalLM"):
-        hf.load_pretrained(path)
+    with pytest.raises(checkpoint.CheckpointError, match="MistralForCausalLM"):
+        checkpoint.load_pretrained(path)
 
 
 def test_sharded_index_loads(tmp_path):
@@ -162,5 +162,5 @@ def test_sharded_index_loads(tmp_path):
     model.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="50KB")
     assert (tmp_path / "model.safetensors.index.json").exists()
     tokens = _tokens(257)
-    loaded = hf.load_pretrained(tmp_path)
+    loaded = checkpoint.load_pretrained(tmp_path)
     np.testing.assert_allclose(np.asarray(loaded(jnp.asarray(tokens)).logits), _hf_logits(model, tokens), atol=1e-5, rtol=0)

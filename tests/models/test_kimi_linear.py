@@ -15,16 +15,9 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from jaxstack.models import hf
-from jaxstack.models.hf import CheckpointError
-from jaxstack.models.kimi_linear import (
-    KIMI_PRESETS,
-    KimiLinearConfig,
-    KimiLinearForCausalLM,
-    cache_bytes,
-    get_kimi_config,
-    init_cache,
-)
+from jaxstack.models.checkpoint import CheckpointError, load_pretrained, save_pretrained
+from jaxstack.models.configs import KIMI_PRESETS, KimiLinearConfig, get_kimi_config
+from jaxstack.models.kimi_linear import KimiLinearForCausalLM, cache_bytes, init_cache
 
 DECODE_ATOL = 2e-5
 
@@ -127,7 +120,7 @@ def test_model_bad_inputs(tiny):
 
 
 def test_save_load_round_trip_and_named_errors(tiny, tmp_path):
-    path = hf.save_pretrained(tiny, tmp_path / "ckpt")  # dispatches to kimi_hf
+    path = save_pretrained(tiny, tmp_path / "ckpt")  # registry: the kimi_linear family
     config = json.loads((path / "config.json").read_text())
     assert config["architectures"] == ["KimiLinearForCausalLM"]
     assert config["linear_attn_config"]["full_attn_layers"] == [4]
@@ -135,7 +128,7 @@ def test_save_load_round_trip_and_named_errors(tiny, tmp_path):
     assert tensors["model.layers.0.self_attn.A_log"].shape == (1, 1, 4, 1)
     assert tensors["model.layers.0.self_attn.q_conv1d.weight"].shape == (64, 1, 4)
     assert tensors["model.layers.1.block_sparse_moe.experts.3.w2.weight"].shape == (64, 32)
-    loaded = hf.load_pretrained(path)
+    loaded = load_pretrained(path)
     a = dict(nnx.to_flat_state(nnx.state(tiny)))
     b = dict(nnx.to_flat_state(nnx.state(loaded)))
     assert a.keys() == b.keys()
@@ -156,21 +149,21 @@ def test_save_load_round_trip_and_named_errors(tiny, tmp_path):
         return target
 
     with pytest.raises(CheckpointError, match="missing tensor 'model.layers.2.self_attn.dt_bias'"):
-        hf.load_pretrained(broken("missing", lambda d: d.pop("model.layers.2.self_attn.dt_bias")))
+        load_pretrained(broken("missing", lambda d: d.pop("model.layers.2.self_attn.dt_bias")))
     with pytest.raises(CheckpointError, match=r"'model.layers.3.self_attn.kv_b_proj.weight' has shape \[3, 3\]"):
-        hf.load_pretrained(broken("shape", lambda d: d.update({"model.layers.3.self_attn.kv_b_proj.weight":
+        load_pretrained(broken("shape", lambda d: d.update({"model.layers.3.self_attn.kv_b_proj.weight":
                                                                np.zeros((3, 3), np.float32)})))
     with pytest.raises(CheckpointError, match="unexpected tensors"):
-        hf.load_pretrained(broken("extra", lambda d: d.update({"model.layers.0.extra": np.zeros(2, np.float32)})))
+        load_pretrained(broken("extra", lambda d: d.update({"model.layers.0.extra": np.zeros(2, np.float32)})))
     with pytest.raises(CheckpointError, match="gate_lower_bound"):
-        hf.load_pretrained(broken("gate", config_edit=lambda c: c["linear_attn_config"].update(gate_lower_bound=-5.0)))
+        load_pretrained(broken("gate", config_edit=lambda c: c["linear_attn_config"].update(gate_lower_bound=-5.0)))
     # transformers' save_pretrained spells the dense FFN "block_sparse_moe.*_proj": accepted too.
 
     def rename(d):
         for part in ("gate", "up", "down"):
             d[f"model.layers.0.block_sparse_moe.{part}_proj.weight"] = d.pop(f"model.layers.0.mlp.{part}_proj.weight")
 
-    renamed = hf.load_pretrained(broken("renamed", rename))
+    renamed = load_pretrained(broken("renamed", rename))
     np.testing.assert_array_equal(np.asarray(renamed.layers[0].mlp.down_proj[...]),
                                   np.asarray(tiny.layers[0].mlp.down_proj[...]))
 

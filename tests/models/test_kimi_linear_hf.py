@@ -23,7 +23,7 @@ pytestmark = pytest.mark.oracle
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from jaxstack.models import hf
+from jaxstack.models import checkpoint
 from jaxstack.models.kimi_linear import KimiLinearForCausalLM
 
 ATOL = 1e-4
@@ -80,7 +80,7 @@ def _forward(model, tokens):
 
 def test_f32_logits_match_transformers(hf_checkpoint):
     path, tokens, expected, _ = hf_checkpoint
-    model = hf.load_pretrained(path)  # architecture dispatch to jaxstack.models.kimi_hf
+    model = checkpoint.load_pretrained(path)  # registry: config.json's architecture -> kimi_linear
     assert isinstance(model, KimiLinearForCausalLM)
     assert model.config.full_attn_layers == (4,) and model.config.mlp_layer_types[:2] == ("dense", "sparse")
     got = np.asarray(_forward(model, jnp.asarray(tokens)))
@@ -96,8 +96,8 @@ def test_f32_logits_match_transformers(hf_checkpoint):
 
 def test_save_pretrained_loads_in_transformers(hf_checkpoint, tmp_path):
     path, tokens, expected, KimiModel = hf_checkpoint
-    model = hf.load_pretrained(path)
-    hf.save_pretrained(model, tmp_path / "out")
+    model = checkpoint.load_pretrained(path)
+    checkpoint.save_pretrained(model, tmp_path / "out")
     reloaded = KimiModel.from_pretrained(tmp_path / "out").eval()
     with torch.no_grad():
         logits = reloaded(torch.as_tensor(tokens)).logits.float().numpy()

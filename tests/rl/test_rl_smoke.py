@@ -13,7 +13,7 @@ ONE_LAYER = LlamaConfig(vocab_size=len(VOCAB), hidden_size=32, intermediate_size
                         num_kv_heads=1, max_position_embeddings=64)
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16-mixed"])
 def test_length_task_reward_improves(dtype, tmp_path):
     task = LengthTask(max_new_tokens=8)
     cfg = RLConfig(train_policy=dtype, knobs="kv_cache", steps=10, prompts_per_step=8, group_size=4,
@@ -26,7 +26,7 @@ def test_length_task_reward_improves(dtype, tmp_path):
     assert np.mean(rewards[-2:]) > np.mean(rewards[:2]) + 0.4, rewards
     lines = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert len(lines) == 10 and {"abs_diff_mean", "k3", "loss_scale", "clip_fraction_real", "ess"} <= set(lines[0])
-    if dtype == "fp16":
+    if dtype == "fp16-mixed":
         assert lines[-1]["loss_scale"] >= 1.0 and lines[0]["loss_scale"] == 2.0**16
     else:
         assert all(line["loss_scale"] == 1.0 for line in lines)

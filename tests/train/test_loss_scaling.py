@@ -13,8 +13,8 @@ from flax import nnx
 
 from jaxstack.models import build_model
 from jaxstack.models.configs import get_config
-from jaxstack.precision import LossScaleConfig, get_policy, loss_scale_for
-from jaxstack.train.step import init_train_state, make_batch, split_model, train_step
+from jaxstack.precision import LossScaleConfig, get_policy, init_loss_scale, loss_scale_for
+from jaxstack.train.step import init_train_state, loss_scaled_update, make_batch, split_model, train_step
 
 
 def _setup(policy_name):
@@ -65,6 +65,23 @@ def test_scaler_is_off_and_absent_from_metrics_for_float32_and_bfloat16():
     state = init_train_state(params, tx, 0, loss_scale_for(jnp.float32))
     new, metrics = train_step(state, batch, graphdef=graphdef, tx=tx)
     assert float(new.loss_scale.scale) == 1.0 and "loss_scale" not in metrics
+
+
+def test_loss_scaled_update_skip_nonfinite_with_a_disabled_scaler():
+    """The shared step with a custom loss: a disabled scaler applies every step (the trainer) unless
+    ``skip_nonfinite`` (the RL loop), which keeps params / optimizer state and counts the skip."""
+    params = {"w": jnp.ones((3,))}
+    tx = optax.sgd(0.1)
+    scaler = init_loss_scale(LossScaleConfig(enabled=False))
+
+    def nan_loss(p):
+        return jnp.sum(p["w"]) * jnp.nan, {"aux": jnp.ones(())}
+
+    (applied, _, same), (_, aux, _, finite) = loss_scaled_update(nan_loss, params, tx.init(params), scaler, tx=tx)
+    assert not bool(finite) and not np.isfinite(np.asarray(applied["w"])).any() and int(same.skipped) == 0
+    assert float(aux["aux"]) == 1.0
+    (kept, _, counted), _ = loss_scaled_update(nan_loss, params, tx.init(params), scaler, tx=tx, skip_nonfinite=True)
+    assert _equal(kept, params) and int(counted.skipped) == 1 and float(counted.scale) == 1.0
 
 
 def test_trainer_logs_the_loss_scale_for_fp16(tmp_path):
