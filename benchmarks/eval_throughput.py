@@ -56,12 +56,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from jaxstack.data.tokenizer import load_tokenizer
     from jaxstack.evals.global_piqa import load_global_piqa
-    from jaxstack.evals.scoring import (
-        LoglikelihoodScorer,
-        multiple_choice_metrics,
-        multiple_choice_requests,
-    )
-    from jaxstack.models.hf import load_pretrained
+    from jaxstack.evals.multiple_choice import multiple_choice_metrics, multiple_choice_requests
+    from jaxstack.inference.scoring import LoglikelihoodScorer
+    from jaxstack.models.checkpoint import load_pretrained
 
     jax.config.update("jax_default_matmul_precision", "highest")  # float32 on both sides
     base = [item for variety in load_global_piqa(args.data).values() for item in variety]

@@ -5,22 +5,25 @@
 * :class:`ScriptedPolicy` - replays fixed responses or calls a Python function (the oracle
   policies of the experiments are built on it).
 * :class:`OpenAICompatibleClient` - ``POST {base_url}/chat/completions`` (or
-  ``/completions`` with ``raw=True``) with the standard library only, bounded retries with
-  backoff on 429/5xx and connection errors, clear errors otherwise. Works with vLLM's or any
+  ``/completions`` with ``raw=True``) through :class:`jaxstack.inference.client.CompletionsClient`,
+  the one HTTP client (its retry rule; its one error type,
+  :class:`~jaxstack.inference.client.ServerError`). Works with vLLM's, ``jaxstack serve`` or any
   hosted OpenAI-compatible server.
 * :class:`JaxstackModelClient` - a local jaxstack model through the KV-cache sampler
   (ChatML rendering, batched generation, stop tokens and stop strings, token counts).
+
+Prompts are rendered by :func:`jaxstack.data.chat.render_chat` (ChatML), messages checked by
+:func:`jaxstack.data.chat.validate_messages`.
 """
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+from jaxstack.data.chat import render_chat, validate_messages
 
 __all__ = [
     "Message",
@@ -30,7 +33,6 @@ __all__ = [
     "ScriptedPolicy",
     "OpenAICompatibleClient",
     "JaxstackModelClient",
-    "render_chat",
 ]
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
@@ -48,7 +50,7 @@ class Completion:
 
 
 class LLMError(RuntimeError):
-    """A backend failed in a way retrying did not fix (HTTP status, malformed body, ...)."""
+    """A scripted policy cannot answer (HTTP backends raise :class:`jaxstack.inference.client.ServerError`)."""
 
 
 @runtime_checkable
@@ -58,26 +60,6 @@ class LLMClient(Protocol):
     def complete(self, messages: Sequence[Message], *, stop: Sequence[str] | None = None,
                  max_tokens: int | None = None, temperature: float | None = None) -> Completion:  # pragma: no cover
         ...
-
-
-def _check_messages(messages) -> None:
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content', got {m!r}")
-        if m["role"] not in ("system", "user", "assistant", "tool"):
-            raise ValueError(f"messages[{i}]['role'] must be system/user/assistant/tool, got {m['role']!r}")
-        if not isinstance(m["content"], str):
-            raise ValueError(f"messages[{i}]['content'] must be a str")
-
-
-def render_chat(messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-    """Qwen-style ChatML text (``<|im_start|>role\\ncontent<|im_end|>\\n`` ...), the template
-    the public AgentFold code applies before calling a raw completions endpoint."""
-    _check_messages(messages)
-    out = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    return out + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 
 def _apply_stop(text: str, stop: Sequence[str] | None) -> tuple[str, str | None]:
@@ -108,7 +90,7 @@ class ScriptedPolicy:
         self.history: list[list[Message]] = []
 
     def complete(self, messages, *, stop=None, max_tokens=None, temperature=None) -> Completion:
-        _check_messages(messages)
+        validate_messages(messages)
         self.history.append(list(messages))
         if self._fn is not None:
             text = self._fn(messages)
@@ -122,7 +104,11 @@ class ScriptedPolicy:
 
 
 class OpenAICompatibleClient:
-    """Client for an OpenAI-compatible HTTP endpoint (vLLM, SGLang, hosted APIs).
+    """:class:`LLMClient` over an OpenAI-compatible HTTP endpoint (vLLM, SGLang, hosted APIs).
+
+    The transport is :class:`jaxstack.inference.client.CompletionsClient`: its retry rule (429, 5xx and
+    connection errors, at most ``max_retries`` more attempts, ``backoff * 2**attempt`` seconds apart) and
+    its one error type, :class:`~jaxstack.inference.client.ServerError` (also for a malformed answer).
 
     Args:
         base_url: e.g. ``"http://127.0.0.1:8000/v1"``.
@@ -131,53 +117,27 @@ class OpenAICompatibleClient:
         timeout: seconds per request.
         max_retries: extra attempts after a 429 / 5xx / connection error (bounded).
         backoff: first retry delay in seconds, doubled each retry.
-        raw: use ``/completions`` with :func:`render_chat` text instead of ``/chat/completions``.
+        raw: use ``/completions`` with :func:`~jaxstack.data.chat.render_chat` text (ChatML and the
+            generation prompt) instead of ``/chat/completions``.
         extra_body: merged into every request body (e.g. ``{"presence_penalty": 1.1}``).
     """
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout: float = 60.0,
                  max_retries: int = 2, backoff: float = 0.5, raw: bool = False, extra_body: dict | None = None):
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        from jaxstack.inference.client import CompletionsClient  # the inference package imports jax
+
         if not model:
             raise ValueError("model must be a non-empty string")
-        if max_retries < 0 or timeout <= 0:
-            raise ValueError(f"max_retries must be >= 0 and timeout > 0, got {max_retries}, {timeout}")
-        self.base_url = base_url.rstrip("/")
-        self.model, self.api_key, self.timeout = model, api_key, timeout
-        self.max_retries, self.backoff, self.raw = max_retries, backoff, raw
+        self.transport = CompletionsClient(base_url, model=model, api_key=api_key, timeout=timeout,
+                                           max_retries=max_retries, backoff=backoff)
+        self.base_url, self.model, self.raw = self.transport.base_url, model, raw
         self.extra_body = dict(extra_body or {})
 
-    def _post(self, path: str, body: dict) -> dict:
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last: Exception | None = None
-        for attempt in range(self.max_retries + 1):
-            req = urllib.request.Request(self.base_url + path, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    payload = resp.read()
-                try:
-                    return json.loads(payload)
-                except json.JSONDecodeError:
-                    raise LLMError(f"{path}: response is not JSON: {payload[:200]!r}") from None
-            except urllib.error.HTTPError as e:
-                detail = e.read()[:300].decode(errors="replace")
-                if e.code == 429 or e.code >= 500:
-                    last = LLMError(f"{path}: HTTP {e.code}: {detail}")
-                else:
-                    raise LLMError(f"{path}: HTTP {e.code}: {detail}") from None
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-                last = LLMError(f"{path}: cannot reach {self.base_url}: {e}")
-            if attempt < self.max_retries:
-                time.sleep(self.backoff * 2**attempt)
-        raise LLMError(f"{last} (after {self.max_retries + 1} attempts)")
-
     def complete(self, messages, *, stop=None, max_tokens=None, temperature=None) -> Completion:
-        _check_messages(messages)
-        body: dict = {"model": self.model, **self.extra_body}
+        from jaxstack.inference.client import ServerError
+
+        validate_messages(messages)
+        body: dict = dict(self.extra_body)
         if stop:
             body["stop"] = list(stop)
         if max_tokens is not None:
@@ -186,18 +146,16 @@ class OpenAICompatibleClient:
             body["temperature"] = float(temperature)
         t0 = time.perf_counter()
         if self.raw:
-            body["prompt"] = render_chat(messages)
-            out = self._post("/completions", body)
+            out = self.transport.completions(render_chat(messages, add_generation_prompt=True), **body)
         else:
-            body["messages"] = list(messages)
-            out = self._post("/chat/completions", body)
+            out = self.transport.chat(list(messages), **body)
         try:
             choice = out["choices"][0]
             text = choice["text"] if self.raw else choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise LLMError(f"malformed completion response (no choices[0] text): {str(out)[:200]}") from None
+            raise ServerError(f"malformed completion response (no choices[0] text): {str(out)[:200]}") from None
         if not isinstance(text, str):
-            raise LLMError(f"completion text is not a string: {text!r}")
+            raise ServerError(f"completion text is not a string: {text!r}")
         usage = out.get("usage") or {}
         # Servers drop the stop string; restore it so tag parsers see the closing tag.
         reason = choice.get("finish_reason")
@@ -210,7 +168,7 @@ class OpenAICompatibleClient:
 class JaxstackModelClient:
     """A local jaxstack model behind the KV-cache sampler (:func:`jaxstack.inference.generate`).
 
-    ``complete(messages)``: :func:`render_chat` (ChatML with the assistant generation prompt) ->
+    ``complete(messages)``: ``render_chat`` (ChatML with the assistant generation prompt) ->
     token ids -> ``generate`` (greedy at temperature 0) -> decode. Generation ends at a stop
     *token* (``<|im_end|>`` and ``<|endoftext|>`` when the vocabulary has them, plus
     ``stop_token_ids``) or after ``max_tokens``; the stop token itself is not part of the text
@@ -241,7 +199,7 @@ class JaxstackModelClient:
         if model is None or tokenizer is None:
             raise ValueError("JaxstackModelClient needs a model (LlamaForCausalLM or HF directory) and a tokenizer")
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-            from jaxstack.models.hf import load_pretrained
+            from jaxstack.models.checkpoint import load_pretrained
 
             model = load_pretrained(model)
         if not hasattr(model, "config") or not hasattr(model.config, "vocab_size"):
@@ -269,7 +227,7 @@ class JaxstackModelClient:
 
     def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
         """The prompt token ids of ``messages`` (ChatML + generation prompt, left-truncated)."""
-        ids = self.tokenizer.encode(render_chat(messages))
+        ids = self.tokenizer.encode(render_chat(messages, add_generation_prompt=True))
         if self.max_prompt_tokens is not None and len(ids) > self.max_prompt_tokens:
             ids = ids[-self.max_prompt_tokens:]
         return ids

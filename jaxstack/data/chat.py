@@ -1,9 +1,15 @@
-"""Chat / SFT data: the SmolTalk (ChatML) template, assistant-only loss masks, first-fit packing.
+"""Chat rendering and chat / SFT data: the ChatML template, Jinja chat templates, loss masks, packing.
 
-The one chat template of jaxstack (``jaxstack.data.adp.sft`` re-exports it): every message renders as
-``<|im_start|>{role}\\n{content}<|im_end|>\\n``. The loss mask is True on the tokens of assistant
-content and its ``<|im_end|>`` (the model must learn to stop), False on headers, separators and
-every other role. Tokenising segment by segment keeps the mask boundaries exact.
+The one chat renderer of jaxstack (training data, ``jaxstack.data.adp.sft``, the server, the agents'
+clients and prompts all use it): every message renders as ``<|im_start|>{role}\\n{content}<|im_end|>\\n``
+and :func:`render_chat` with ``add_generation_prompt=True`` appends ``<|im_start|>assistant\\n`` (the
+prompt a model continues). :func:`apply_chat_template` renders a tokenizer's own Jinja template instead
+(HF semantics, from ``tokenizer_config.json`` / ``chat_template.jinja``: :func:`load_chat_template`).
+:func:`validate_messages` checks an OpenAI-style ``messages`` list for all of them.
+
+The loss mask is True on the tokens of assistant content and its ``<|im_end|>`` (the model must learn
+to stop), False on headers, separators and every other role. Tokenising segment by segment keeps the
+mask boundaries exact.
 
 :func:`chat_example` turns one conversation into ``{"tokens": [T], "loss_mask": [T]}``;
 :func:`packed_chat_dataset` packs such examples first-fit into rows of ``seq_len + 1`` with Grain's
@@ -14,11 +20,16 @@ segment id 0 and loss mask 0).
 
 from __future__ import annotations
 
+import json
+import pathlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import grain
 import numpy as np
+
+if TYPE_CHECKING:  # imported where packing runs: rendering alone (the server, the agents) skips its seconds-long import
+    import grain
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -37,8 +48,12 @@ class ChatTemplate:
     separator: str = "\n"
 
     def header(self, role: str) -> str:
-        """The text that opens a message of ``role``."""
+        """The text that opens a message of ``role`` (``header("assistant")`` is the generation prompt)."""
         return f"{self.start}{role}{self.role_end}"
+
+    def footer(self) -> str:
+        """The text that closes every message (after its content)."""
+        return f"{self.end}{self.separator}"
 
 
 CHATML = ChatTemplate()
@@ -52,6 +67,31 @@ class Segment:
     trainable: bool
 
 
+def validate_messages(messages: Any) -> list[dict[str, str]]:
+    """Checks an OpenAI-style ``messages`` list and returns ``[{"role", "content"}]`` copies (other keys
+    dropped).
+
+    Raises:
+      ValueError: not a non-empty list (or tuple) of dicts with ``role`` in :data:`ROLES` and a string
+        ``content``; the message names the entry and the field.
+    """
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError("messages: expected a non-empty list of {'role', 'content'} objects")
+    expected = f"{{'role': one of {list(ROLES)}, 'content': str}}"
+    out = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ValueError(f"messages[{index}] must be {expected}; got a value of type {type(message).__name__}")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise ValueError(f"messages[{index}] must be {expected}; messages[{index}].role is {role!r}")
+        if not isinstance(content, str):
+            raise ValueError(f"messages[{index}] must be {expected}; messages[{index}].content has type "
+                             f"{type(content).__name__}")
+        out.append({"role": role, "content": content})
+    return out
+
+
 def render_segments(
     messages: Sequence[dict[str, str]],
     template: ChatTemplate = CHATML,
@@ -61,27 +101,66 @@ def render_segments(
     are trainable, headers and all other messages are not.
 
     Raises:
-      ValueError: a message without ``role`` / ``content`` or with an unknown role.
+      ValueError: see :func:`validate_messages`.
     """
     train = set(train_roles)
     segments: list[Segment] = []
-    for index, message in enumerate(messages):
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES or not isinstance(content, str):
-            raise ValueError(
-                f"messages[{index}] must be {{'role': one of {list(ROLES)}, 'content': str}}, "
-                f"got role={role!r}"
-            )
+    for message in validate_messages(messages):
+        role = message["role"]
         segments.append(Segment(template.header(role), False))
         trainable = role in train
-        segments.append(Segment(content + template.end, trainable))
+        segments.append(Segment(message["content"] + template.end, trainable))
         segments.append(Segment(template.separator, False))
     return [s for s in segments if s.text]
 
 
-def render_chat(messages: Sequence[dict[str, str]], template: ChatTemplate = CHATML) -> str:
-    """The full rendered text of a conversation."""
-    return "".join(segment.text for segment in render_segments(messages, template))
+def render_chat(messages: Sequence[dict[str, str]], template: ChatTemplate = CHATML, *,
+                add_generation_prompt: bool = False) -> str:
+    """The rendered text of a conversation; with ``add_generation_prompt``, followed by the header
+    of the assistant turn the model is to write (``<|im_start|>assistant\\n`` in ChatML)."""
+    text = "".join(segment.text for segment in render_segments(messages, template))
+    return text + (template.header("assistant") if add_generation_prompt else "")
+
+
+def apply_chat_template(messages: Sequence[dict[str, str]], jinja_template: str | None = None, *,
+                        add_generation_prompt: bool = True, **variables: Any) -> str:
+    """Renders ``messages`` with a tokenizer's Jinja ``jinja_template`` (HF semantics: a sandboxed
+    environment with ``trim_blocks`` / ``lstrip_blocks`` and ``raise_exception``; ``variables`` such as
+    ``bos_token`` are passed through) or, when it is None, with ChatML (:func:`render_chat`).
+
+    Raises:
+      ValueError: invalid ``messages`` (see :func:`validate_messages`).
+    """
+    messages = validate_messages(messages)
+    if jinja_template is None:
+        return render_chat(messages, add_generation_prompt=add_generation_prompt)
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(jinja_template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                                  **variables)
+
+
+def load_chat_template(model_dir: str | pathlib.Path) -> str | None:
+    """``chat_template`` from ``tokenizer_config.json`` (or ``chat_template.jinja``) in ``model_dir``, else None."""
+    model_dir = pathlib.Path(model_dir)
+    jinja_file = model_dir / "chat_template.jinja"
+    if jinja_file.is_file():
+        return jinja_file.read_text(encoding="utf-8")
+    config = model_dir / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        if isinstance(template, str):
+            return template
+        if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            return named.get("default")
+    return None
 
 
 def chat_example(messages: Sequence[dict[str, str]], encode: Callable[[str], Sequence[int]],
@@ -132,6 +211,8 @@ def packed_chat_dataset(conversations: grain.MapDataset, tokenizer, *, seq_len: 
     """Conversations -> first-fit packed batches ``{tokens, loss_mask, segment_ids, positions}:
     [batch_size, seq_len + 1]`` int32 (``FirstFitPackIterDataset``; ``num_packing_bins`` defaults to
     ``batch_size``). A conversation longer than ``seq_len + 1`` tokens raises (no silent truncation)."""
+    import grain
+
     if seq_len <= 0 or batch_size <= 0:
         raise ValueError(f"seq_len / batch_size: expected positive integers, got {seq_len} / {batch_size}")
     length = seq_len + 1

@@ -1,7 +1,8 @@
-"""Evaluation: lm-eval-compatible log-likelihood multiple-choice scoring, task definitions, Global PIQA.
+"""Evaluation: lm-eval-compatible multiple-choice tasks, metrics and reports, Global PIQA.
 
-``MultipleChoiceItem``, ``loglikelihoods`` and ``evaluate_multiple_choice`` are the entry points; see
-:mod:`jaxstack.evals.scoring` for the conventions (all lm-evaluation-harness's).
+``MultipleChoiceItem`` and ``evaluate_multiple_choice`` are the entry points (see
+:mod:`jaxstack.evals.multiple_choice` for lm-evaluation-harness's metric conventions); the requests are
+scored by :mod:`jaxstack.inference.scoring`.
 """
 
 from jaxstack.evals.global_piqa import (
@@ -9,14 +10,9 @@ from jaxstack.evals.global_piqa import (
     load_global_piqa,
     write_report,
 )
-from jaxstack.evals.guard import EvalDataError, assert_not_eval_data
-from jaxstack.evals.scoring import (
-    LoglikelihoodScorer,
+from jaxstack.evals.multiple_choice import (
     MultipleChoiceItem,
-    encode_pair,
-    encode_pairs,
     evaluate_multiple_choice,
-    loglikelihoods,
     mean_stderr,
     multiple_choice_metrics,
 )
@@ -24,17 +20,11 @@ from jaxstack.evals.tasks import PIQA, MultipleChoiceTask
 
 __all__ = [
     "PIQA",
-    "EvalDataError",
-    "LoglikelihoodScorer",
     "MultipleChoiceItem",
     "MultipleChoiceTask",
-    "assert_not_eval_data",
-    "encode_pair",
-    "encode_pairs",
     "evaluate_global_piqa",
     "evaluate_multiple_choice",
     "load_global_piqa",
-    "loglikelihoods",
     "mean_stderr",
     "multiple_choice_metrics",
     "write_report",

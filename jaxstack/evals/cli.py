@@ -1,9 +1,8 @@
-"""``jaxstack eval ...`` and ``jaxstack serve``: argument parsing and the thin commands around the library.
+"""``jaxstack eval ...``: argument parsing and the thin commands around the library.
 
     jaxstack eval global-piqa --model PATH --data PATH [--format cloze|prompted] [--out DIR]
     jaxstack eval piqa --model PATH --data FILE_OR_DIR          # lm-eval's piqa prompt
     jaxstack eval task --model PATH --data FILE --template "Q: {q}\\nA:" --choices a,b [--label label]
-    jaxstack serve --model PATH [--host 127.0.0.1] [--port 8000]
 
 ``--model`` is a local Hugging Face directory (config.json + safetensors + tokenizer.json) or the URL
 of an OpenAI-compatible server (``http://127.0.0.1:8000``; its tokenizer from ``--tokenizer``).
@@ -11,9 +10,10 @@ of an OpenAI-compatible server (``http://127.0.0.1:8000``; its tokenizer from ``
 
 from __future__ import annotations
 
-import datetime
 import json
 import pathlib
+
+from jaxstack.runs import RunRecord
 
 
 def add_subparsers(sub) -> None:
@@ -24,7 +24,7 @@ def add_subparsers(sub) -> None:
         parser.add_argument("--model", required=True, help="local HF model directory, or http://HOST:PORT of a server")
         parser.add_argument("--tokenizer", help="tokenizer.json (default: the one in --model)")
         parser.add_argument("--data", required=True)
-        parser.add_argument("--out", help="output directory (default: runs/eval/<task>/<model>-<time>)")
+        parser.add_argument("--out", help="output directory (default: runs/eval/<task>/<model>/<time>)")
         parser.add_argument("--batch-size", type=int, default=16)
         parser.add_argument("--policy", default="fp32", help="dtype policy preset (local models)")
         parser.add_argument("--no-progress", action="store_true")
@@ -50,14 +50,6 @@ def add_subparsers(sub) -> None:
     task.add_argument("--label", default="label", help="field with the correct choice's index")
     task.add_argument("--delimiter", default=" ", help="between context and choice (lm-eval: a space)")
 
-    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server for a local model directory")
-    serve.add_argument("--model", required=True, help="directory with config.json, safetensors, tokenizer.json")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--name", help="model name in the API (default: the directory name)")
-    serve.add_argument("--policy", default="fp32")
-    serve.add_argument("--max-batch", type=int, default=32, help="most requests batched into one forward")
-
 
 def _load(args):
     """(model or client, tokenizer, display name)."""
@@ -71,8 +63,8 @@ def _load(args):
         tokenizer = load_tokenizer(args.tokenizer)
         client = CompletionsClient(args.model, tokenizer)
         return client, tokenizer, client.model
-    from jaxstack.inference.chat import load_chat_template
-    from jaxstack.models.hf import load_pretrained
+    from jaxstack.data.chat import load_chat_template
+    from jaxstack.models.checkpoint import load_pretrained
 
     model = load_pretrained(args.model, policy=args.policy)
     tokenizer = load_tokenizer(args.tokenizer or args.model)
@@ -80,16 +72,17 @@ def _load(args):
     return model, tokenizer, pathlib.Path(args.model).resolve().name
 
 
-def _out_dir(args, task: str, name: str) -> pathlib.Path:
+def _record(args, task: str, name: str) -> RunRecord:
+    """The evaluation's run record, its config.json (the command's arguments) written before it runs:
+    ``--out`` as given, else a new ``runs/eval/<task>/<model>/<time>``."""
     if args.out:
-        return pathlib.Path(args.out)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return pathlib.Path("runs") / "eval" / task / f"{name}-{stamp}"
+        return RunRecord.open(args.out, vars(args))
+    return RunRecord.create(pathlib.Path("runs") / "eval" / task, name.replace("/", "_"), vars(args))
 
 
 def run_eval(args) -> int:
     from jaxstack.evals import global_piqa
-    from jaxstack.evals.scoring import evaluate_multiple_choice
+    from jaxstack.evals.multiple_choice import evaluate_multiple_choice
     from jaxstack.evals.tasks import PIQA, MultipleChoiceTask
 
     if args.batch_size <= 0:
@@ -99,6 +92,7 @@ def run_eval(args) -> int:
     if args.eval_task == "global-piqa":
         varieties = args.varieties.split(",") if args.varieties else None
         data = global_piqa.load_global_piqa(args.data, variant=args.variant, varieties=varieties)
+        record = _record(args, f"global_piqa_{args.format}", name)
         generation = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p}
         if args.format == "prompted" and not hasattr(model, "complete_chat"):
             generation["chat"] = not args.no_chat
@@ -106,8 +100,7 @@ def run_eval(args) -> int:
                                                   batch_size=args.batch_size, progress=progress,
                                                   generation=generation)
         report["model"] = name
-        out = _out_dir(args, f"global_piqa_{args.format}", name)
-        paths = global_piqa.write_report(report, out)
+        paths = global_piqa.write_report(report, record.dir)
         print(global_piqa.markdown_report(report))
         print("wrote " + ", ".join(str(p) for p in paths.values()))
         return 0
@@ -115,28 +108,14 @@ def run_eval(args) -> int:
         "task", args.template.encode().decode("unicode_escape"), tuple(args.choices.split(",")), args.label,
         args.delimiter)
     items = task.load(args.data)
+    record = _record(args, task.name, name)
     result = evaluate_multiple_choice(model, tokenizer, items, target_delimiter=task.target_delimiter,
                                       batch_size=args.batch_size, progress=progress)
-    out = _out_dir(args, task.name, name)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = {k: v for k, v in result.items() if k != "records"} | {"task": task.name, "model": name}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    with open(out / "records.jsonl", "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in result["records"])
+    summary = record.write_summary({k: v for k, v in result.items() if k != "records"}
+                                   | {"task": task.name, "model": name})
+    record.write_jsonl("records.jsonl", result["records"])
     print(json.dumps(summary))
     return 0
 
 
-def run_serve(args) -> int:
-    from jaxstack.inference.server import load_server
-
-    server = load_server(args.model, name=args.name, policy=args.policy, host=args.host, port=args.port,
-                         max_batch=args.max_batch)
-    server.start()
-    print(f"serving {server.name!r} on {server.url}/v1 (completions, chat/completions, models); Ctrl-C to stop",
-          flush=True)
-    server.serve_forever()
-    return 0
-
-
-__all__ = ["add_subparsers", "run_eval", "run_serve"]
+__all__ = ["add_subparsers", "run_eval"]

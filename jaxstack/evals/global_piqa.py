@@ -24,7 +24,7 @@ Reports: per variety, per script (macro-average over that script's varieties) an
 over varieties (lm-eval's group mean, unweighted), as JSON, a markdown table and a bar plot sorted by
 accuracy.
 
-Global PIQA is licensed for evaluation only; :mod:`jaxstack.evals.guard` keeps it out of training.
+Global PIQA is licensed for evaluation only; :mod:`jaxstack.data.guard` keeps it out of training.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxstack.evals.scoring import (
+from jaxstack.evals.multiple_choice import (
     MultipleChoiceItem,
     evaluate_multiple_choice,
     mean_stderr,
@@ -198,7 +198,7 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], *, chat: bool =
     """Sampled responses from an in-process jaxstack model (ChatML-wrapped when ``chat``)."""
     from tqdm.auto import tqdm
 
-    from jaxstack.inference.chat import apply_chat_template
+    from jaxstack.data.chat import apply_chat_template
     from jaxstack.inference.sampler import SamplingConfig, generate
 
     config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,

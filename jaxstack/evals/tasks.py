@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import pathlib
 import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from jaxstack.evals.scoring import MultipleChoiceItem
+from jaxstack.evals.multiple_choice import MultipleChoiceItem
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -152,10 +152,6 @@ def get_task(name: str) -> MultipleChoiceTask:
     if name not in TASKS:
         raise ValueError(f"task: unknown {name!r}; known tasks are {sorted(TASKS)}")
     return TASKS[name]
-
-
-def records_have(records: Sequence[dict], fields: Iterable[str]) -> bool:
-    return bool(records) and all(f in records[0] for f in fields)
 
 
 __all__ = [

@@ -155,7 +155,7 @@ class ModelServer:
     def __init__(self, model, tokenizer, *, name: str = "jaxstack", chat_template: str | None = None,
                  host: str = "127.0.0.1", port: int = 8000, max_batch: int = 32, batch_wait_s: float = 0.005,
                  default_max_tokens: int = 16, score_batch_size: int = 16):
-        from jaxstack.evals.scoring import LoglikelihoodScorer
+        from jaxstack.inference.scoring import LoglikelihoodScorer
 
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.chat_template = chat_template
@@ -376,7 +376,7 @@ class ModelServer:
                           "total_tokens": prompt_tokens + completion_tokens}}
 
     def chat_completions(self, body: dict) -> dict:
-        from jaxstack.inference.chat import apply_chat_template
+        from jaxstack.data.chat import apply_chat_template
 
         self._check_model(body)
         if "messages" not in body:
@@ -462,8 +462,8 @@ def load_server(model_dir: str | pathlib.Path, *, name: str | None = None, polic
                 **kwargs) -> ModelServer:
     """A ModelServer for a local HF directory (config.json, safetensors, tokenizer.json)."""
     from jaxstack.data.tokenizer import load_tokenizer
-    from jaxstack.inference.chat import load_chat_template
-    from jaxstack.models.hf import load_pretrained
+    from jaxstack.data.chat import load_chat_template
+    from jaxstack.models.checkpoint import load_pretrained
 
     model_dir = pathlib.Path(model_dir)
     model = load_pretrained(model_dir, policy=policy)

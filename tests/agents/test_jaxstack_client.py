@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxstack.agents.llm import Completion, JaxstackModelClient, LLMClient, render_chat
+from jaxstack.agents.llm import Completion, JaxstackModelClient, LLMClient
+from jaxstack.data.chat import render_chat
 from jaxstack.data.tokenizer import train_bpe
 from jaxstack.inference import SamplingConfig, generate
 from jaxstack.models.configs import get_config
@@ -15,9 +16,14 @@ MSGS = [{"role": "system", "content": "You are a search agent."}, {"role": "user
 N = 12
 
 
+def _prompt(messages):
+    """What JaxstackModelClient feeds the sampler: ChatML with the assistant generation prompt."""
+    return render_chat(messages, add_generation_prompt=True)
+
+
 @pytest.fixture(scope="module")
 def tok():
-    texts = [render_chat(MSGS) + "The page was written by the search agent.<|im_end|>\n"] * 4
+    texts = [_prompt(MSGS) + "The page was written by the search agent.<|im_end|>\n"] * 4
     texts += ["who wrote what page, the agent searched and visited the page"] * 4
     return train_bpe(texts, 300)
 
@@ -30,7 +36,7 @@ def model(tok):
 @pytest.fixture(scope="module")
 def reference(tok, model):
     """What the sampler itself returns for MSGS, greedy, with no stop tokens."""
-    ids = tok.encode(render_chat(MSGS))
+    ids = tok.encode(_prompt(MSGS))
     out = generate(model, [ids], SamplingConfig(max_new_tokens=N, temperature=0.0))
     return ids, np.asarray(out.tokens[0]).tolist()
 
@@ -87,9 +93,9 @@ def test_batch_equals_single_calls_and_prompt_truncation(tok, model):
     other = [{"role": "user", "content": "visit the page"}]
     batch = client.complete_batch([MSGS, other])
     assert batch[0].text == client.complete(MSGS).text  # right-padding a shorter row changes nothing
-    assert [c.prompt_tokens for c in batch] == [len(tok.encode(render_chat(m))) for m in (MSGS, other)]
+    assert [c.prompt_tokens for c in batch] == [len(tok.encode(_prompt(m))) for m in (MSGS, other)]
     short = JaxstackModelClient(model, tok, max_new_tokens=N, max_prompt_tokens=5)
-    assert short.encode_prompt(MSGS) == tok.encode(render_chat(MSGS))[-5:]
+    assert short.encode_prompt(MSGS) == tok.encode(_prompt(MSGS))[-5:]
 
 
 def test_sampling_with_temperature_uses_fresh_seeds(tok, model):
@@ -108,14 +114,14 @@ def test_errors_name_the_problem(tok, model, tmp_path):
     with pytest.raises(TypeError, match="tokenizer must be"):
         JaxstackModelClient(model, 42)
     client = JaxstackModelClient(model, tok, max_new_tokens=N)
-    with pytest.raises(ValueError, match=r"messages\[0\]\['role'\]"):
+    with pytest.raises(ValueError, match=r"messages\[0\]\.role"):
         client.complete([{"role": "robot", "content": "x"}])
     with pytest.raises(ValueError, match="max_tokens"):
         client.complete(MSGS, max_tokens=0)
 
 
 def test_loads_model_and_tokenizer_from_paths(tok, model, tmp_path):
-    from jaxstack.models.hf import save_pretrained
+    from jaxstack.models.checkpoint import save_pretrained
 
     save_pretrained(model, tmp_path)
     tok.save(tmp_path / "tokenizer.json")

@@ -7,7 +7,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from jaxstack.agents.llm import JaxstackModelClient, LLMClient, LLMError, OpenAICompatibleClient, ScriptedPolicy, render_chat
+from jaxstack.agents.llm import JaxstackModelClient, LLMClient, LLMError, OpenAICompatibleClient, ScriptedPolicy
+from jaxstack.data.chat import render_chat
+from jaxstack.inference.client import ServerError
 
 MSGS = [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]
 
@@ -21,7 +23,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.seen.append((self.path, dict(self.headers), body))
+        self.seen.append((self.path, self.headers, body))  # case-insensitive header names
         status, payload = self.script.pop(0) if self.script else (200, None)
         if payload is None:
             if self.path.endswith("/chat/completions"):
@@ -60,7 +62,8 @@ def test_openai_client_chat_and_raw(server):
     assert path == "/v1/chat/completions" and headers["Authorization"] == "Bearer k"
     assert body["stop"] == ["</tool_call>"] and body["max_tokens"] == 5 and body["presence_penalty"] == 1.1
     raw = OpenAICompatibleClient(server, "m", timeout=5, raw=True).complete(MSGS)
-    assert raw.text == f"raw:{len(render_chat(MSGS))}" and _Handler.seen[-1][0] == "/v1/completions"
+    assert raw.text == f"raw:{len(render_chat(MSGS, add_generation_prompt=True))}"
+    assert _Handler.seen[-1][0] == "/v1/completions"
 
 
 def test_openai_client_retries_then_errors(server):
@@ -68,16 +71,16 @@ def test_openai_client_retries_then_errors(server):
     c = OpenAICompatibleClient(server, "m", timeout=5, max_retries=2, backoff=0.01)
     assert c.complete(MSGS).text == "echo:hi" and len(_Handler.seen) == 2
     _Handler.script = [(400, {"error": "bad request"})]
-    with pytest.raises(LLMError, match="HTTP 400"):
+    with pytest.raises(ServerError, match="HTTP 400"):
         c.complete(MSGS)
     _Handler.script = [(500, {}), (500, {}), (500, {})]
-    with pytest.raises(LLMError, match="after 3 attempts"):
+    with pytest.raises(ServerError, match="after 3 attempts"):
         c.complete(MSGS)
     _Handler.script = [(200, {"nothing": 1})]
-    with pytest.raises(LLMError, match="malformed"):
+    with pytest.raises(ServerError, match="malformed"):
         c.complete(MSGS)
     _Handler.script = [(200, b"not json")]
-    with pytest.raises(LLMError, match="not JSON"):
+    with pytest.raises(ServerError, match="not JSON"):
         c.complete(MSGS)
 
 
@@ -89,7 +92,7 @@ def test_openai_client_unreachable_and_bad_args():
     port = s.getsockname()[1]
     s.close()
     c = OpenAICompatibleClient(f"http://127.0.0.1:{port}/v1", "m", timeout=2, max_retries=1, backoff=0.01)
-    with pytest.raises(LLMError, match="cannot reach"):
+    with pytest.raises(ServerError, match="cannot reach"):
         c.complete(MSGS)
     with pytest.raises(ValueError, match="base_url"):
         OpenAICompatibleClient("127.0.0.1", "m")

@@ -28,6 +28,41 @@ def test_template_renders_smoltalk_format():
                     "<|im_start|>assistant\n5<|im_end|>\n")
 
 
+def test_generation_prompt_and_jinja_template_render_the_same_bytes(tmp_path):
+    """The one renderer gives the strings the three former ones did: ChatML, then
+    ``<|im_start|>assistant\\n`` as the generation prompt; a Jinja ChatML template renders the same."""
+    messages = CONVERSATIONS[0][:2]
+    expected = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n"
+    assert chat.render_chat(messages) == expected
+    assert chat.render_chat(messages, add_generation_prompt=True) == expected + "<|im_start|>assistant\n"
+    assert chat.apply_chat_template(messages) == expected + "<|im_start|>assistant\n"
+    assert chat.apply_chat_template(messages, add_generation_prompt=False) == expected
+    jinja = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+             "'<|im_end|>' + '\n'}}{% endfor %}"
+             "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    assert chat.apply_chat_template(messages, jinja) == expected + "<|im_start|>assistant\n"
+    one = [{"role": "user", "content": "hi"}]
+    assert chat.CHATML.header("user") + "hi" + chat.CHATML.footer() == chat.render_chat(one)
+    (tmp_path / "tokenizer_config.json").write_text('{"chat_template": [{"name": "default", "template": "T"}]}')
+    assert chat.load_chat_template(tmp_path) == "T"
+    (tmp_path / "chat_template.jinja").write_text(jinja)
+    assert chat.load_chat_template(tmp_path) == jinja  # the .jinja file wins
+
+
+@pytest.mark.parametrize("messages, match", [
+    ([], r"messages: expected a non-empty list"),
+    ("hi", r"messages: expected a non-empty list"),
+    ([["user", "hi"]], r"messages\[0\] must be \{'role'.*got a value of type list"),
+    ([{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}], r"messages\[1\]\.role is 'robot'"),
+    ([{"role": "user", "content": 3}], r"messages\[0\]\.content has type int"),
+], ids=["empty", "string", "not-a-dict", "bad-role", "content-not-string"])
+def test_validate_messages_names_the_entry_and_the_field(messages, match):
+    with pytest.raises(ValueError, match=match):
+        chat.validate_messages(messages)
+    tool = [{"role": "tool", "content": "x", "name": "search"}]
+    assert chat.validate_messages(tool) == [{"role": "tool", "content": "x"}]  # other keys dropped
+
+
 def test_loss_mask_covers_assistant_content_and_end_marker_only(tokenizer):
     for conversation in CONVERSATIONS:
         example = chat.chat_example(conversation, tokenizer.encode)
@@ -43,9 +78,12 @@ def test_loss_mask_covers_assistant_content_and_end_marker_only(tokenizer):
 
 
 def test_sft_module_reuses_the_one_template():
+    import inspect
+
     from jaxstack.data.adp import sft
 
-    assert sft.CHATML is chat.CHATML and sft.render_segments is chat.render_segments
+    assert inspect.signature(sft.tokenize_example).parameters["template"].default is chat.CHATML
+    assert inspect.signature(sft.chat_text).parameters["template"].default is chat.CHATML
 
 
 def test_first_fit_packing_yields_what_the_trainer_consumes(tokenizer):

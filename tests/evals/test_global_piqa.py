@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
+from jaxstack.data.guard import EvalDataError, assert_not_eval_data, eval_data_reason
 from jaxstack.evals import global_piqa
-from jaxstack.evals.guard import EvalDataError, assert_not_eval_data, eval_data_reason
-from jaxstack.evals.scoring import MultipleChoiceItem
+from jaxstack.evals.multiple_choice import MultipleChoiceItem
 from jaxstack.evals.tasks import PIQA, MultipleChoiceTask, TaskDataError, read_records
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "fixtures"

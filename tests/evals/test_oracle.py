@@ -95,8 +95,8 @@ def test_bos_tokenizer_matches_live_lm_eval(tmp_path):
     from tokenizers import processors
 
     from jaxstack.data.tokenizer import load_tokenizer
-    from jaxstack.evals import loglikelihoods
-    from jaxstack.models.hf import load_pretrained
+    from jaxstack.inference.scoring import loglikelihoods
+    from jaxstack.models.checkpoint import load_pretrained
 
     model_dir = tmp_path / "bos_model"
     shutil.copytree(EVAL_MODEL, model_dir)

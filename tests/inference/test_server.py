@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from jaxstack.data.chat import apply_chat_template, load_chat_template, render_chat
 from jaxstack.evals import evaluate_multiple_choice
 from jaxstack.evals.global_piqa import load_global_piqa
-from jaxstack.inference.chat import apply_chat_template, chatml, load_chat_template
 from jaxstack.inference.client import CompletionsClient, ServerError
 from jaxstack.inference.server import load_server
 
@@ -44,7 +44,7 @@ def _post(server, path, payload, raw=None):
 
 
 def test_models_endpoint(client, server):
-    info = client.request("GET", "/models")["data"][0]
+    info = client.models()[0]
     assert info["id"] == "tiny" and info["max_model_len"] == server.max_length == 256
 
 
@@ -106,10 +106,11 @@ def test_sampling_with_temperature_and_top_p(client):
 def test_chat_template(server, client):
     template = load_chat_template(MODEL_DIR)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    assert apply_chat_template(messages, template) == chatml(messages)  # the fixture carries ChatML
-    assert chatml(messages).endswith("<|im_end|>\n<|im_start|>assistant\n")
+    prompt = render_chat(messages, add_generation_prompt=True)
+    assert apply_chat_template(messages, template) == prompt  # the fixture carries ChatML
+    assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
     answer = client.chat(messages, max_tokens=4, temperature=0)
-    greedy = client.completions(chatml(messages), max_tokens=4, temperature=0)["choices"][0]["text"]
+    greedy = client.completions(prompt, max_tokens=4, temperature=0)["choices"][0]["text"]
     content = answer["choices"][0]["message"]["content"]
     assert answer["object"] == "chat.completion" and greedy.startswith(content)
 
@@ -160,7 +161,7 @@ def test_prompted_global_piqa_through_server_and_in_process(server):
     The instruction prompt is ~290 tokens for this tokenizer, so the model gets a 1024-token context."""
     from jaxstack.evals.global_piqa import evaluate_global_piqa
     from jaxstack.inference.server import ModelServer
-    from jaxstack.models.hf import load_pretrained
+    from jaxstack.models.checkpoint import load_pretrained
 
     model = load_pretrained(MODEL_DIR, max_position_embeddings=1024)
     long_server = ModelServer(model, server.tokenizer, name="tiny-1k", port=0).start()

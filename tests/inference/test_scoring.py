@@ -1,7 +1,6 @@
 """Log-likelihood scoring vs a plain-numpy recomputation from full-forward logits; lm-eval's tokenisation
-rules; metrics on hand-computed cases; one compilation per length bucket."""
+rules; one compilation per length bucket."""
 
-import math
 import warnings
 
 import jax
@@ -10,15 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxstack.evals import scoring
-from jaxstack.evals.scoring import (
-    LoglikelihoodScorer,
-    MultipleChoiceItem,
-    encode_pair,
-    evaluate_multiple_choice,
-    loglikelihoods,
-    multiple_choice_metrics,
-)
+from jaxstack.inference import scoring
+from jaxstack.inference.scoring import LoglikelihoodScorer, encode_pair
 
 REQUESTS = [
     ("To keep a cast-iron pan from rusting after washing it,", " dry it on a warm burner."),
@@ -130,44 +122,6 @@ def test_continuation_longer_than_context_is_an_error(random_model, tokenizer):
         scorer.loglikelihood_tokens([([1], [5] * 65)], progress=False)
     with pytest.raises(ValueError, match="encodes to no tokens"):
         scorer.loglikelihood_tokens([([1], [])], progress=False)
-
-
-def test_metrics_hand_computed():
-    items = [
-        MultipleChoiceItem("q1", ("ab", "日本"), 1),  # chars 2, 2; bytes 2, 6
-        MultipleChoiceItem("q2", ("a", "bbbb"), 1),  # chars 1, 4; bytes 1, 4
-    ]
-    result = multiple_choice_metrics([[-4.0, -5.0], [-2.0, -4.0]], items)
-    # item 1: acc argmax(-4,-5)=0 wrong; norm (-2,-2.5)=0 wrong; bytes (-2,-0.83)=1 right
-    # item 2: acc 0 wrong; norm (-2,-1)=1 right; bytes (-2,-1)=1 right
-    assert [r["acc"] for r in result["records"]] == [0.0, 0.0]
-    assert [r["acc_norm"] for r in result["records"]] == [0.0, 1.0]
-    assert [r["acc_bytes"] for r in result["records"]] == [1.0, 1.0]
-    assert (result["acc"], result["acc_norm"], result["acc_bytes"]) == (0.0, 0.5, 1.0)
-    # sample std (ddof=1) of [0, 1] is 1/sqrt(2); / sqrt(2) -> 0.5 exactly
-    assert result["acc_norm_stderr"] == pytest.approx(0.5, abs=1e-12)
-    assert result["acc_stderr"] == 0.0 and result["acc_bytes_stderr"] == 0.0
-    assert math.isnan(scoring.mean_stderr([1.0]))
-
-
-def test_item_validation():
-    with pytest.raises(ValueError, match="label: expected an integer in \\[0, 2\\)"):
-        MultipleChoiceItem("c", ("a", "b"), 2)
-    with pytest.raises(ValueError, match="choices: expected a tuple of at least 2"):
-        MultipleChoiceItem("c", ("a",), 0)
-    with pytest.raises(ValueError, match="items\\[0\\]: expected a MultipleChoiceItem"):
-        evaluate_multiple_choice(None, None, [("c", ("a", "b"), 0)])
-
-
-def test_evaluate_multiple_choice_records(random_model, tokenizer):
-    items = [MultipleChoiceItem("The cat sat on the", ("mat.", "moon, far away."), 0, {"id": "x"}),
-             MultipleChoiceItem("Water boils at", ("100 degrees.", "minus five."), 0)]
-    result = evaluate_multiple_choice(random_model, tokenizer, items, progress=False)
-    direct = loglikelihoods(random_model, tokenizer, scoring.multiple_choice_requests(items), progress=False)
-    assert [ll for r in result["records"] for ll in r["loglikelihoods"]] == [ll for ll, _ in direct]
-    assert result["records"][0]["meta"] == {"id": "x"} and result["n"] == 2
-    for key in ("acc", "acc_norm", "acc_bytes", "acc_stderr", "acc_norm_stderr", "acc_bytes_stderr", "n_truncated"):
-        assert key in result
 
 
 def test_tokenizer_with_bos_post_processor(tokenizer):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxstack.evals import scoring
-from jaxstack.evals.scoring import LoglikelihoodScorer, encode_pair, encode_pairs
+from jaxstack.inference import prefix_sharing, scoring
+from jaxstack.inference.scoring import LoglikelihoodScorer, encode_pair, encode_pairs
 
 # float32 forwards laid out differently (packed tree rows vs one request per row): per-token
 # log-probs differ by float32 rounding of the attention/matmul sums (~1e-6); sums of <= 64 of them
@@ -31,7 +31,7 @@ def test_tree_row_equals_separate_sequences(random_model):
     positions = list(range(7)) + list(range(7, 12)) + list(range(7, 11))
     branch = [0] * 7 + [1] * 5 + [2] * 4
     segment = [1] * 16
-    allowed = scoring.tree_attention_allowed(jnp.asarray([segment]), jnp.asarray([branch]))
+    allowed = prefix_sharing.tree_attention_allowed(jnp.asarray([segment]), jnp.asarray([branch]))
     tree = _run(random_model, [row], positions=jnp.asarray([positions]), attention_allowed=allowed)[0]
     alone1 = _run(random_model, [context + b1])[0]
     alone2 = _run(random_model, [context + b2])[0]
@@ -60,7 +60,7 @@ def test_logits_indices_equal_the_full_forward(layers, scan, remat, window):
     picked = _run(model, tokens, logits_indices=jnp.asarray(indices))
     # float32: the gathered last layer sums the same terms in another order (~1e-7 relative)
     np.testing.assert_allclose(picked, np.take_along_axis(full, indices[:, :, None], 1), rtol=0, atol=2e-5)
-    allowed = scoring.tree_attention_allowed(jnp.asarray([[1] * 5 + [2] * 4] * 2), jnp.asarray([[0, 0, 1, 1, 2, 0, 1, 2, 2]] * 2))
+    allowed = prefix_sharing.tree_attention_allowed(jnp.asarray([[1] * 5 + [2] * 4] * 2), jnp.asarray([[0, 0, 1, 1, 2, 0, 1, 2, 2]] * 2))
     full = _run(model, tokens, attention_allowed=allowed)
     picked = _run(model, tokens, attention_allowed=allowed, logits_indices=jnp.asarray(indices))
     np.testing.assert_allclose(picked, np.take_along_axis(full, indices[:, :, None], 1), rtol=0, atol=2e-5)
@@ -136,14 +136,14 @@ def test_shared_prefix_equals_per_request_path(random_model, tokenizer):
 def test_pieces_split_long_groups_and_pack_first_fit():
     sequences = [[1] * 10 + [2] * 6, [1] * 10 + [3] * 6, [1] * 10 + [4] * 6, [9, 9, 5]]
     lengths = [6, 6, 6, 1]
-    pieces = scoring._pieces(sequences, lengths, max_row=22, offset=100)
+    pieces = prefix_sharing.split_pieces(sequences, lengths, max_row=22, offset=100)
     # context 10 + 5 + 5 = 20 fits 22, a third branch would not: the group splits in two
     assert [(len(p.context), len(p.branches), p.footprint, p.n_scored) for p in pieces] == [
         (10, 2, 20, 12), (10, 1, 15, 6), (2, 1, 2, 1)]
     assert [owners for p in pieces for _, owners in p.branches] == [[100], [101], [102], [103]]
-    rows = scoring._pack_rows(pieces, rows=2, row_length=22)
+    rows = prefix_sharing.pack_rows(pieces, rows=2, row_length=22)
     assert [[p.footprint for p in row] for row in rows] == [[20, 2], [15]]
-    tokens, positions, segments, branches, indices, targets, spans = scoring._tree_batch(rows, 2, 24, 16)
+    tokens, positions, segments, branches, indices, targets, spans = prefix_sharing.tree_batch(rows, 2, 24, 16)
     assert tokens[0, :22].tolist() == [1] * 10 + [2] * 5 + [3] * 5 + [9, 9]
     assert positions[0, :22].tolist() == list(range(10)) + list(range(10, 15)) * 2 + [0, 1]
     assert segments[0].tolist() == [1] * 20 + [2] * 2 + [0] * 2
@@ -158,9 +158,9 @@ def test_pipelined_chunks_give_the_same_results(random_model, tokenizer):
     scorer = LoglikelihoodScorer(random_model, tokenizer, batch_size=4)
     whole = scorer.loglikelihoods(requests, progress=False)
     scorer.PIPELINE_BATCHES = 1  # batch_size 4 -> chunks of 4 requests (cut only where the context changes)
-    assert scoring._context_chunks(requests, 3) == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 18)]
-    assert scoring._context_chunks(requests, 4) == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 18)]
-    assert scoring._context_chunks(requests, 5) == [(0, 6), (6, 12), (12, 18)]
+    assert prefix_sharing.context_chunks(requests, 3) == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 18)]
+    assert prefix_sharing.context_chunks(requests, 4) == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 18)]
+    assert prefix_sharing.context_chunks(requests, 5) == [(0, 6), (6, 12), (12, 18)]
     chunked = scorer.loglikelihoods(requests, progress=False)
     for (a, ga), (b, gb) in zip(whole, chunked):
         assert a == pytest.approx(b, abs=1e-6) and ga == gb
@@ -189,7 +189,7 @@ def test_encode_pairs_equals_encode_pair(tokenizer):
 
 def test_models_without_tree_support_use_the_per_request_path(tokenizer):
     from jaxstack.models import build_model
-    from jaxstack.models.kimi_linear import get_kimi_config
+    from jaxstack.models.configs import get_kimi_config
 
     kimi = build_model(get_kimi_config("kimi-linear-tiny", vocab_size=tokenizer.vocab_size), rngs=nnx.Rngs(0))
     assert not scoring.supports_prefix_sharing(kimi)

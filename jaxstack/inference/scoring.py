@@ -1,13 +1,12 @@
-"""Log-likelihood multiple-choice scoring with lm-evaluation-harness's conventions.
+"""The log-likelihood scorer: lm-evaluation-harness's ``loglikelihood`` for jaxstack models.
 
 Read top to bottom: how a (context, continuation) pair becomes tokens (``encode_pair``, lm-eval's
 ``TemplateLM.loglikelihood`` + ``_encode_pair``), the pure scoring math (``token_logprobs``, with the
-plain-numpy ``token_logprobs_reference`` beside it), the batched, jitted, length-bucketed driver
-(``LoglikelihoodScorer`` / ``loglikelihoods``), and the multiple-choice metrics (``multiple_choice_metrics``,
-``evaluate_multiple_choice``).
+plain-numpy ``token_logprobs_reference`` beside it), and the batched, jitted, length-bucketed driver
+(``LoglikelihoodScorer`` / ``loglikelihoods``). Prefix-shared packing of the requests lives in
+:mod:`jaxstack.inference.prefix_sharing`; tasks and metrics on top of the scorer in :mod:`jaxstack.evals`.
 
-Conventions, each matching lm-eval 0.4.x (``lm_eval/api/model.py``, ``lm_eval/models/huggingface.py``,
-``lm_eval/api/task.py``):
+Conventions, each matching lm-eval 0.4.x (``lm_eval/api/model.py``, ``lm_eval/models/huggingface.py``):
 
 * trailing whitespace of the context moves to the front of the continuation; the pair is encoded
   whole and the continuation tokens are ``whole[len(encode(context)):]`` (so a merge across the
@@ -18,60 +17,30 @@ Conventions, each matching lm-eval 0.4.x (``lm_eval/api/model.py``, ``lm_eval/mo
 * an empty context is replaced by the prefix token (BOS if the tokenizer has one, else EOS), unless
   the continuation already starts with it;
 * inputs longer than the model's context keep their last ``max_length + 1`` tokens (left truncation);
-  this is counted and warned about, never silent;
-* ``acc`` = argmax of the summed log-likelihoods, ``acc_norm`` divides by the choice's characters,
-  ``acc_bytes`` by its UTF-8 bytes, both *without* the target delimiter; stderr = sample standard
-  deviation (ddof=1) / sqrt(n).
+  this is counted and warned about, never silent.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-# ----------------------------------------------------------------------------------------------------
-# Items and requests
-
-
-@dataclass(frozen=True)
-class MultipleChoiceItem:
-    """One multiple-choice question: score ``context + target_delimiter + choice`` for each choice.
-
-    context: the prompt text (may be empty). choices: the candidate continuations (without the
-    delimiter). label: index of the correct choice. meta: free-form (e.g. variety, script, item id).
-    """
-
-    context: str
-    choices: tuple[str, ...]
-    label: int
-    meta: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        if not isinstance(self.context, str):
-            raise ValueError(f"MultipleChoiceItem.context: expected a string, got {type(self.context).__name__}")
-        choices = tuple(self.choices) if isinstance(self.choices, (list, tuple)) else self.choices
-        if not isinstance(choices, tuple) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-            raise ValueError(f"MultipleChoiceItem.choices: expected a tuple of at least 2 strings, got {self.choices!r}")
-        if any(c == "" for c in choices):
-            raise ValueError("MultipleChoiceItem.choices: empty choice strings cannot be length-normalised")
-        object.__setattr__(self, "choices", choices)
-        if isinstance(self.label, bool) or not isinstance(self.label, (int, np.integer)) or not (
-            0 <= int(self.label) < len(choices)
-        ):
-            raise ValueError(
-                f"MultipleChoiceItem.label: expected an integer in [0, {len(choices)}), got {self.label!r}"
-            )
-        object.__setattr__(self, "label", int(self.label))
+from jaxstack.inference.prefix_sharing import (
+    context_chunks,
+    pack_rows,
+    split_pieces,
+    tree_attention_allowed,
+    tree_batch,
+)
 
 
 class LoglikelihoodBackend(Protocol):
@@ -192,6 +161,32 @@ def encode_pairs(tokenizer, requests: Sequence[tuple[str, str]]) -> list[tuple[l
     return pairs
 
 
+def truncate_requests(requests: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: int, *,
+                      offset: int = 0) -> tuple[list[list[int]], list[int], int]:
+    """lm-eval's left truncation of (context_ids, continuation_ids) requests to a ``max_length``-token
+    model: each becomes ``context + continuation`` cut to its last ``max_length + 1`` tokens (the inputs
+    are all but the last). Returns (sequences, continuation lengths, how many were cut); the caller
+    warns. ``offset``: index of ``requests[0]`` in the caller's list (for error messages)."""
+    sequences, lengths, truncated = [], [], 0
+    for index, (context_ids, continuation_ids) in enumerate(requests, start=offset):
+        if len(continuation_ids) == 0:
+            raise ValueError(f"requests[{index}]: the continuation encodes to no tokens")
+        if len(continuation_ids) > max_length:
+            raise ValueError(
+                f"requests[{index}]: the continuation has {len(continuation_ids)} tokens, more than the model's "
+                f"context of {max_length}; it cannot be scored"
+            )
+        if len(context_ids) == 0:
+            raise ValueError(f"requests[{index}]: empty context ids (use the prefix token, as encode_pair does)")
+        whole = list(context_ids) + list(continuation_ids)
+        if len(whole) > max_length + 1:
+            truncated += 1
+            whole = whole[-(max_length + 1):]
+        sequences.append(whole)
+        lengths.append(len(continuation_ids))
+    return sequences, lengths, truncated
+
+
 # ----------------------------------------------------------------------------------------------------
 # The math: pure functions and a plain-numpy reference
 
@@ -246,17 +241,6 @@ def target_logprobs_and_greedy(logits: jax.Array, targets: jax.Array) -> tuple[j
     return target - jax.nn.logsumexp(logits, axis=-1), ~jnp.any(beaten, axis=-1)
 
 
-def tree_attention_allowed(segment_ids: jax.Array, branch_ids: jax.Array) -> jax.Array:
-    """[B, T, T] bool: query t may see key s iff both are in the same segment and s is on the trunk
-    (branch 0, the shared context) or on t's own branch. ANDed with the causal mask by the model.
-
-    segment_ids, branch_ids: [B, T] int.
-    """
-    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
-    key_branch = branch_ids[:, None, :]
-    return same_segment & ((key_branch == 0) | (key_branch == branch_ids[:, :, None]))
-
-
 def _tree_scores_fn(graphdef, treedef):
     """A jitted ``(state leaves, tokens, positions, segment_ids, branch_ids, indices, targets) ->
     (target log-probs, is_greedy)`` for one model structure. It closes over the graph definition so
@@ -281,121 +265,6 @@ def supports_prefix_sharing(model) -> bool:
     except (TypeError, ValueError):
         return False
     return "attention_allowed" in parameters and "logits_indices" in parameters
-
-
-# ----------------------------------------------------------------------------------------------------
-# Prefix-shared packing: every request with the same context tokens is one piece of a row, the context
-# once, then each distinct continuation (minus its last token, which is only a target) as a branch
-# that sees the context and itself. Pieces are packed first-fit into rows of a bucketed length.
-
-
-@dataclass
-class _Piece:
-    """One context and some of its continuations (``branches``: (continuation, request indices)).
-    ``footprint``: its input tokens in a row; ``n_scored``: its logits positions."""
-
-    context: tuple[int, ...]
-    branches: list[tuple[tuple[int, ...], list[int]]] = field(default_factory=list)
-    footprint: int = 0
-    n_scored: int = 0
-
-    def __post_init__(self):
-        self.footprint = len(self.context)
-
-    def add(self, continuation: tuple[int, ...], owners: list[int]) -> None:
-        self.branches.append((continuation, owners))
-        self.footprint += len(continuation) - 1
-        self.n_scored += len(continuation)
-
-
-def _pieces(sequences: Sequence[Sequence[int]], lengths: Sequence[int], max_row: int, offset: int = 0) -> list[_Piece]:
-    """Groups requests by context (then by continuation: identical requests are scored once) and
-    splits a group whose footprint exceeds ``max_row`` into pieces that repeat the context. Request
-    indices (the owners) start at ``offset``."""
-    groups: dict[tuple[int, ...], dict[tuple[int, ...], list[int]]] = {}
-    for index, (sequence, n) in enumerate(zip(sequences, lengths), start=offset):
-        context, continuation = tuple(sequence[:-n]), tuple(sequence[-n:])
-        groups.setdefault(context, {}).setdefault(continuation, []).append(index)
-    pieces = []
-    for context, branches in groups.items():
-        piece = _Piece(context)
-        for continuation, owners in branches.items():
-            if piece.branches and piece.footprint + len(continuation) - 1 > max_row:
-                pieces.append(piece)
-                piece = _Piece(context)
-            piece.add(continuation, owners)
-        pieces.append(piece)
-    return pieces
-
-
-def _context_chunks(requests: Sequence[tuple[str, str]], size: int) -> list[tuple[int, int]]:
-    """[first, last) index ranges of about ``size`` requests each, cut only where the context string
-    changes (so the choices of one item stay together and can share their context)."""
-    bounds, first = [], 0
-    for index in range(1, len(requests) + 1):
-        if index == len(requests) or (index - first >= size and requests[index][0] != requests[index - 1][0]):
-            bounds.append((first, index))
-            first = index
-    return bounds
-
-
-def _pack_rows(pieces: Sequence[_Piece], rows: int, row_length: int) -> list[list[_Piece]]:
-    """First-fit of ``pieces`` (in order) into at most ``rows`` rows of ``row_length`` tokens; stops at
-    the first piece that fits nowhere. Returns the filled rows (their pieces consumed in order)."""
-    filled: list[list[_Piece]] = []
-    free: list[int] = []
-    for piece in pieces:
-        need = piece.footprint
-        for row, room in enumerate(free):
-            if need <= room:
-                filled[row].append(piece)
-                free[row] -= need
-                break
-        else:
-            if len(filled) == rows or need > row_length:
-                break
-            filled.append([piece])
-            free.append(row_length - need)
-    return filled
-
-
-def _tree_batch(packed: Sequence[Sequence[_Piece]], rows: int, row_length: int, scored_length: int):
-    """Arrays for one prefix-shared batch and where each branch's scores land.
-
-    Returns (tokens, positions, segment_ids, branch_ids [rows, row_length], indices, targets
-    [rows, scored_length], spans: list of (row, first scored column, n, request indices)).
-    Padding: segment 0, branch 0, position 0 (it only attends to padding; its scores are ignored).
-    """
-    tokens = np.zeros((rows, row_length), np.int32)
-    positions = np.zeros((rows, row_length), np.int32)
-    segments = np.zeros((rows, row_length), np.int32)
-    branch_ids = np.zeros((rows, row_length), np.int32)
-    indices = np.zeros((rows, scored_length), np.int32)
-    targets = np.zeros((rows, scored_length), np.int32)
-    ramp = np.arange(row_length, dtype=np.int32)
-    spans = []
-    for row, pieces in enumerate(packed):
-        slot = column = branch = 0
-        for segment, piece in enumerate(pieces, start=1):
-            n_context = len(piece.context)
-            tokens[row, slot:slot + n_context] = piece.context
-            positions[row, slot:slot + n_context] = ramp[:n_context]
-            segments[row, slot:slot + piece.footprint] = segment
-            last_context_slot = slot + n_context - 1
-            slot += n_context
-            for continuation, owners in piece.branches:
-                branch += 1
-                n = len(continuation)
-                tokens[row, slot:slot + n - 1] = continuation[:-1]
-                positions[row, slot:slot + n - 1] = ramp[n_context:n_context + n - 1]
-                branch_ids[row, slot:slot + n - 1] = branch
-                indices[row, column] = last_context_slot
-                indices[row, column + 1:column + n] = ramp[slot:slot + n - 1]
-                targets[row, column:column + n] = continuation
-                spans.append((row, column, n, owners))
-                slot += n - 1
-                column += n
-    return tokens, positions, segments, branch_ids, indices, targets, spans
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -536,28 +405,6 @@ class LoglikelihoodScorer:
         bar.close()
         return [scored[unique[tuple(int(t) for t in sequence)]] for sequence in sequences]  # type: ignore[misc]
 
-    def token_requests(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *, offset: int = 0):
-        """Applies lm-eval's left truncation. Returns (sequences, continuation lengths, n truncated).
-        ``offset``: index of ``requests[0]`` in the caller's list (for error messages)."""
-        sequences, lengths, truncated = [], [], 0
-        for index, (context_ids, continuation_ids) in enumerate(requests, start=offset):
-            if len(continuation_ids) == 0:
-                raise ValueError(f"requests[{index}]: the continuation encodes to no tokens")
-            if len(continuation_ids) > self.max_length:
-                raise ValueError(
-                    f"requests[{index}]: the continuation has {len(continuation_ids)} tokens, more than the model's "
-                    f"context of {self.max_length}; it cannot be scored"
-                )
-            if len(context_ids) == 0:
-                raise ValueError(f"requests[{index}]: empty context ids (use the prefix token, as encode_pair does)")
-            whole = list(context_ids) + list(continuation_ids)
-            if len(whole) > self.max_length + 1:
-                truncated += 1
-                whole = whole[-(self.max_length + 1):]
-            sequences.append(whole)
-            lengths.append(len(continuation_ids))
-        return sequences, lengths, truncated
-
     def loglikelihood_tokens(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *,
                              progress: bool = True) -> list[tuple[float, bool]]:
         """(sum of continuation log-probs, continuation is the greedy decode) per (context_ids, continuation_ids)."""
@@ -582,7 +429,7 @@ class LoglikelihoodScorer:
         if not self.share_prefix:
             return self.loglikelihood_tokens(encode_pairs(self.tokenizer, requests), progress=progress)
         chunks = ((first, encode_pairs(self.tokenizer, requests[first:last]))
-                  for first, last in _context_chunks(requests, self.PIPELINE_BATCHES * self.batch_size))
+                  for first, last in context_chunks(requests, self.PIPELINE_BATCHES * self.batch_size))
         return self._loglikelihood(chunks, len(requests), progress=progress)
 
     # Chunk size in batches: large enough that the length sort inside a chunk fills rows well (at least
@@ -600,7 +447,7 @@ class LoglikelihoodScorer:
                    leave=False)
         pending = []  # dispatched batches: jax runs them asynchronously while the host prepares more
         for offset, requests in chunks:
-            sequences, lengths, n_truncated = self.token_requests(requests, offset=offset)
+            sequences, lengths, n_truncated = truncate_requests(requests, self.max_length, offset=offset)
             truncated += n_truncated
             if self.share_prefix:
                 pending.extend(self._dispatch_tree(sequences, lengths, offset))
@@ -643,17 +490,17 @@ class LoglikelihoodScorer:
                 if min(sequence) < 0 or max(sequence) >= vocab:
                     raise ValueError(f"requests[{index}]: token ids must be in [0, {vocab}), got "
                                      f"[{min(sequence)}, {max(sequence)}]")
-        pieces = sorted(_pieces(sequences, lengths, self.buckets[-1], offset), key=lambda piece: -piece.footprint)
+        pieces = sorted(split_pieces(sequences, lengths, self.buckets[-1], offset), key=lambda piece: -piece.footprint)
         pending = []
         start = 0
         while start < len(pieces):
             row_length = _bucket_for(pieces[start].footprint, self.buckets)
             rows = max(1, min(self.batch_size, self.max_batch_tokens // row_length))
-            packed = _pack_rows(pieces[start:], rows, row_length)
+            packed = pack_rows(pieces[start:], rows, row_length)
             taken = sum(len(row) for row in packed)
             scored = max(sum(piece.n_scored for piece in row) for row in packed)
             scored_length = _bucket_for(scored, bucket_lengths(max(scored, self.buckets[-1]), self.buckets[0]))
-            arrays = _tree_batch(packed, rows, row_length, scored_length)
+            arrays = tree_batch(packed, rows, row_length, scored_length)
             outputs = self._tree_scores(self._leaves, *arrays[:6])
             n_requests = sum(len(owners) for piece in pieces[start:start + taken] for _, owners in piece.branches)
             pending.append((arrays[6], outputs, n_requests))
@@ -670,126 +517,31 @@ def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], *, bat
     method (e.g. :class:`jaxstack.inference.client.CompletionsClient`). tokenizer: a
     ``jaxstack.data.tokenizer.Tokenizer`` (ignored for a backend).
     """
-    if _is_backend(model):
+    if is_loglikelihood_backend(model):
         return model.loglikelihoods(requests, batch_size=batch_size, progress=progress)
     scorer = LoglikelihoodScorer(model, tokenizer, max_length=max_length, batch_size=batch_size)
     return scorer.loglikelihoods(requests, progress=progress)
 
 
-def _is_backend(model) -> bool:
+def is_loglikelihood_backend(model) -> bool:
+    """Whether ``model`` is a scoring backend (e.g. the HTTP client) rather than a jaxstack model."""
     return not isinstance(model, nnx.Module) and callable(getattr(model, "loglikelihoods", None))
-
-
-# ----------------------------------------------------------------------------------------------------
-# Metrics
-
-
-def mean_stderr(values: Sequence[float]) -> float:
-    """lm-eval's ``mean_stderr``: sample standard deviation (ddof=1) / sqrt(n); nan for n < 2."""
-    values = np.asarray(values, np.float64)
-    if len(values) < 2:
-        return float("nan")
-    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
-
-
-def multiple_choice_metrics(loglikelihoods_per_item: Sequence[Sequence[float]],
-                            items: Sequence[MultipleChoiceItem]) -> dict[str, Any]:
-    """acc / acc_norm / acc_bytes (+ ``*_stderr``) from per-choice log-likelihoods.
-
-    loglikelihoods_per_item[i][j]: summed log-likelihood of choice j of item i. Normalisers are the
-    choice's characters and UTF-8 bytes without the target delimiter (lm-eval's ``process_results``).
-    Returns the metrics, ``n`` and per-item ``records``.
-    """
-    if len(loglikelihoods_per_item) != len(items):
-        raise ValueError(f"loglikelihoods: {len(loglikelihoods_per_item)} rows for {len(items)} items")
-    records = []
-    for item, lls in zip(items, loglikelihoods_per_item):
-        lls = np.asarray(lls, np.float64)
-        if lls.shape != (len(item.choices),):
-            raise ValueError(f"loglikelihoods: expected {len(item.choices)} values per item, got shape {lls.shape}")
-        chars = np.asarray([len(c) for c in item.choices], np.float64)
-        nbytes = np.asarray([len(c.encode("utf-8")) for c in item.choices], np.float64)
-        prediction = int(np.argmax(lls))
-        prediction_norm = int(np.argmax(lls / chars))
-        prediction_bytes = int(np.argmax(lls / nbytes))
-        records.append({
-            "loglikelihoods": lls.tolist(),
-            "label": item.label,
-            "prediction": prediction,
-            "prediction_norm": prediction_norm,
-            "prediction_bytes": prediction_bytes,
-            "correct": prediction == item.label,
-            "acc": float(prediction == item.label),
-            "acc_norm": float(prediction_norm == item.label),
-            "acc_bytes": float(prediction_bytes == item.label),
-            "meta": dict(item.meta),
-        })
-    metrics: dict[str, Any] = {"n": len(items)}
-    for name in ("acc", "acc_norm", "acc_bytes"):
-        values = [r[name] for r in records]
-        metrics[name] = float(np.mean(values)) if values else float("nan")
-        metrics[f"{name}_stderr"] = mean_stderr(values)
-    metrics["records"] = records
-    return metrics
-
-
-def multiple_choice_requests(items: Sequence[MultipleChoiceItem], target_delimiter: str = " ") -> list[tuple[str, str]]:
-    """The (context, delimiter + choice) requests of ``items``, item by item, choice by choice."""
-    return [(item.context, f"{target_delimiter}{choice}") for item in items for choice in item.choices]
-
-
-def evaluate_multiple_choice(model, tokenizer, items: Sequence[MultipleChoiceItem], *, target_delimiter: str = " ",
-                             batch_size: int = 16, progress: bool = True,
-                             max_length: int | None = None) -> dict[str, Any]:
-    """Scores every choice of every item and returns lm-eval's multiple-choice metrics.
-
-    model: a jaxstack model or a backend with ``loglikelihoods`` (the HTTP client). Returns
-    ``{"acc", "acc_norm", "acc_bytes", "*_stderr", "n", "n_truncated", "records": [...]}``; each record
-    has the per-choice ``loglikelihoods``, ``is_greedy``, ``prediction`` (and ``_norm`` / ``_bytes``),
-    ``label``, ``correct`` and the item's ``meta``.
-    """
-    items = list(items)
-    if not items:
-        raise ValueError("items: expected at least one MultipleChoiceItem")
-    for index, item in enumerate(items):
-        if not isinstance(item, MultipleChoiceItem):
-            raise ValueError(f"items[{index}]: expected a MultipleChoiceItem, got {type(item).__name__}")
-    requests = multiple_choice_requests(items, target_delimiter)
-    n_truncated = 0
-    if _is_backend(model):
-        results = model.loglikelihoods(requests, batch_size=batch_size, progress=progress)
-    else:
-        scorer = LoglikelihoodScorer(model, tokenizer, max_length=max_length, batch_size=batch_size)
-        results = scorer.loglikelihoods(requests, progress=progress)
-        n_truncated = scorer.truncated
-    per_item, greedy, offset = [], [], 0
-    for item in items:
-        chunk = results[offset:offset + len(item.choices)]
-        per_item.append([ll for ll, _ in chunk])
-        greedy.append([g for _, g in chunk])
-        offset += len(item.choices)
-    metrics = multiple_choice_metrics(per_item, items)
-    for record, flags in zip(metrics["records"], greedy):
-        record["is_greedy"] = flags
-    metrics["n_truncated"] = n_truncated
-    return metrics
 
 
 __all__ = [
     "LoglikelihoodBackend",
     "LoglikelihoodScorer",
-    "MultipleChoiceItem",
     "ScoredSequence",
     "bucket_lengths",
     "encode",
     "encode_pair",
     "encode_pairs",
-    "evaluate_multiple_choice",
+    "is_loglikelihood_backend",
     "loglikelihoods",
-    "mean_stderr",
-    "multiple_choice_metrics",
-    "multiple_choice_requests",
     "prefix_token_id",
+    "supports_prefix_sharing",
+    "target_logprobs_and_greedy",
     "token_logprobs",
     "token_logprobs_reference",
+    "truncate_requests",
 ]
