@@ -33,9 +33,10 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from jaxstack.agents.llm import LLMClient, render_chat
+from jaxstack.agents.llm import LLMClient
+from jaxstack.data.chat import CHATML, render_chat
 
 __all__ = [
     "SYSTEM_PROMPT",
@@ -269,20 +270,20 @@ class FoldContext:
 
     def prompt_segments(self, final_turn: bool = False) -> list[str]:
         """The chat-templated prompt split on whitespace/special-token boundaries:
-        ``"".join(segments) == render_chat(self.messages(final_turn))``. Segment 0 is the stable
+        ``"".join(segments) == self.render(final_turn)``. Segment 0 is the stable
         prefix (system prompt + question)."""
-        head = (f"<|im_start|>system\n{self.system_prompt()}<|im_end|>\n<|im_start|>user\n"
-                f"### Question\n{self.question}\n\n### Previous Steps\n")
+        head = (render_chat([{"role": "system", "content": self.system_prompt()}]) + CHATML.header("user")
+                + f"### Question\n{self.question}\n\n### Previous Steps\n")
         if not self.blocks:
             body = ["EMPTY"]
         else:
             newest = max(b.start for b in self.blocks)
             body = [_block_text(b, newest) for b in self.blocks]
-        tail = (FINAL_TURN_SUFFIX if final_turn else "") + "<|im_end|>\n<|im_start|>assistant\n"
+        tail = (FINAL_TURN_SUFFIX if final_turn else "") + CHATML.footer() + CHATML.header("assistant")
         return [head, *body, tail]
 
     def render(self, final_turn: bool = False) -> str:
-        return render_chat(self.messages(final_turn))
+        return render_chat(self.messages(final_turn), add_generation_prompt=True)
 
     def render_paper(self) -> str:
         """The paper's notation ``C_t = (Q, T, S_{t-2}, I_{t-1})``."""
@@ -506,9 +507,4 @@ def run_agentfold(policy: LLMClient, question: str, tools: Sequence[dict], call_
         ctx = ctx.append_step(step)
     run.context = ctx
     return run
-
-
-def with_blocks(ctx: FoldContext, blocks: Sequence[Block], turn: int) -> FoldContext:
-    """A copy of ``ctx`` with other blocks (validated)."""
-    return replace(ctx, blocks=tuple(blocks), turn=turn)
 

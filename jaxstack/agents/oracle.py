@@ -12,19 +12,31 @@ steps and rejected. The *same* actions are then rendered three ways:
   of its relevant facts ("No relevant information" otherwise), deep consolidation of a rejected
   branch (merged with directly preceding rejections) or of an answered sub-question;
 * **running summary** (:func:`summary_accounting`, ReSum/MEM1-like): one summary rewritten every
-  turn in which each fact is independently lost with probability ``p``.
+  turn, each rewrite passing every fact through :class:`FactNoise` (lost with probability ``p``).
+
+Folding policies that can lose information: :class:`OracleFoldPolicy` keeps every gold fact verbatim
+(the upper bound); :class:`NoisyOracleFoldPolicy` writes each fact into a fold through the same
+:class:`FactNoise` (dropped with ``p_drop``, its object replaced by a wrong one with ``p_corrupt``,
+every time a fold writes it: granular condensation, then each deep consolidation that merges it).
+
+Retention is measured by *asking*: :func:`probe_retention` puts a probe question ("Where was X born?")
+after the context a policy holds at the turn the fact is needed, and :class:`ContextReader` - an
+extractive reader that sees only that prompt text - answers it; a probe counts when the answer
+matches the fact's object.
 
 Every AgentFold step becomes one SFT example ``(C_t, R_t)`` (:func:`sft_examples`), exported as
 ShareGPT-style JSONL with the loss on the response only (:func:`write_sharegpt_jsonl`,
 :func:`sft_token_mask`). The "rejection sampling" of the real Fold-Generator is replaced by
-checks: format round trip, fold invariants (strict mode), correct final answer, retention of
-every needed fact.
+checks: format round trip, fold invariants (strict mode), correct final answer, every needed-fact
+probe answered from the context.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,24 +49,35 @@ from jaxstack.agents.fold import (
     render_response,
     run_agentfold,
 )
-from jaxstack.agents.llm import Completion, _check_messages, render_chat
-from jaxstack.agents.simweb import _GOAL, Fact, Question, SimWeb
+from jaxstack.agents.gap.reward import normalize_answer
+from jaxstack.agents.llm import Completion
+from jaxstack.agents.simweb import GOALS, Fact, Question, SimWeb
+from jaxstack.agents.simweb.world import SENTENCES
+from jaxstack.data.chat import CHATML, render_chat, validate_messages
 
 __all__ = [
     "OracleAction",
     "OracleTrajectory",
     "oracle_trajectory",
     "OracleFoldPolicy",
+    "NoisyOracleFoldPolicy",
+    "FactNoise",
+    "corrupt_fact",
     "run_oracle_agentfold",
     "REACT_SYSTEM_PROMPT",
     "react_segments",
+    "react_window",
     "react_accounting",
     "summary_accounting",
+    "PROBE_SYSTEM_PROMPT",
+    "probe_question",
+    "read_fact",
+    "ContextReader",
+    "probe_retention",
     "SFTExample",
     "sft_examples",
     "write_sharegpt_jsonl",
     "sft_token_mask",
-    "needed_fact_presence",
 ]
 
 
@@ -128,11 +151,11 @@ class _Builder:
         """search then visit(s) learning ``facts`` (same subject page for all)."""
         f0 = facts[0]
         goal = (f"Who received the {f0.subject}?" if f0.relation == "laureates"
-                else _GOAL[f0.relation].format(x=f0.subject))
+                else GOALS[f0.relation].format(x=f0.subject))
         query = f"{f0.subject} laureates" if f0.relation == "laureates" else f"{f0.subject} {_phrase(f0.relation)}"
         acts = [self.search(query)]
         for f in facts:
-            g = goal if f is f0 else (_GOAL[f.relation].format(x=f.subject) if f.relation in _GOAL else goal)
+            g = goal if f is f0 else (GOALS[f.relation].format(x=f.subject) if f.relation in GOALS else goal)
             acts.append(self.visit(f.url, g, learned=(f,)))
         last = acts[-1]
         acts[-1] = OracleAction(last.think, last.motivation, last.tool_call, last.observation,
@@ -279,6 +302,7 @@ class OracleFoldPolicy:
             k = t - 1
         merged = [blk for blk in blocks if blk[0] >= k]
         facts = tuple(f for blk in merged for f in blk[2]) + tuple(f for f in a.learned if all(f != g for blk in merged for g in blk[2]))
+        facts = self._write(facts)
         rejected = tuple(n for blk in merged for n in blk[3]) + ((a.branch,) if a.closes == "reject" else ())
         parts = []
         if facts:
@@ -291,6 +315,10 @@ class OracleFoldPolicy:
         self.shadow = [blk for blk in blocks if blk[0] < k] + [(k, t - 1, facts, rejected)]
         return FoldDirective(k, t - 1, " ".join(parts))
 
+    def _write(self, facts: tuple[Fact, ...]) -> tuple[Fact, ...]:
+        """The facts a fold summary states: all of them, verbatim (the noisy subclass loses some)."""
+        return facts
+
     def response(self, t: int) -> AgentFoldResponse:
         acts = self.traj.actions
         compress = self.directive(t) if 0 < t <= len(acts) else None
@@ -300,7 +328,7 @@ class OracleFoldPolicy:
         return AgentFoldResponse(a.think, compress, a.motivation, a.tool_call, None)
 
     def complete(self, messages, *, stop=None, max_tokens=None, temperature=None) -> Completion:
-        _check_messages(messages)
+        validate_messages(messages)
         resp = self.response(self.turn)
         if resp.answer is None:
             self.shadow.append((self.turn, self.turn, (), ()))  # the new raw step
@@ -309,10 +337,68 @@ class OracleFoldPolicy:
         return Completion(render_response(resp), finish_reason="stop")
 
 
+def corrupt_fact(world: SimWeb, fact: Fact, rng: random.Random) -> Fact:
+    """``fact`` with its object replaced by a wrong one of the same kind (another entity name, or a
+    year off by 1-5), in the sentence too."""
+    if fact.object.isdigit():
+        new = str(int(fact.object) + rng.choice((-5, -4, -3, -2, -1, 1, 2, 3, 4, 5)))
+    else:
+        kind = world.entity_by_name(fact.object).kind
+        new = rng.choice(sorted(e.name for e in world.entities.values() if e.kind == kind and e.name != fact.object))
+    head, _, tail = fact.sentence.rpartition(fact.object)  # the object comes last in every sentence
+    return dataclasses.replace(fact, object=new, sentence=head + new + tail)
+
+
+class FactNoise:
+    """The stated error model of a lossy summariser: each time a fact is (re)written into a summary,
+    it is dropped with probability ``p_drop``, else its object is replaced by a wrong one
+    (:func:`corrupt_fact`) with probability ``p_corrupt``. Draws come from one generator seeded by
+    ``key``, so a run is a pure function of its inputs."""
+
+    def __init__(self, p_drop: float, p_corrupt: float = 0.0, *, world: SimWeb | None = None, key: str = ""):
+        if not (0.0 <= p_drop <= 1.0 and 0.0 <= p_corrupt <= 1.0 and p_drop + p_corrupt <= 1.0):
+            raise ValueError(f"p_drop and p_corrupt must be probabilities with p_drop + p_corrupt <= 1, "
+                             f"got {p_drop}, {p_corrupt}")
+        if p_corrupt > 0 and world is None:
+            raise ValueError("FactNoise: p_corrupt > 0 needs the world to draw wrong objects from")
+        self.p_drop, self.p_corrupt, self.world = p_drop, p_corrupt, world
+        self.rng = random.Random(f"fact-noise-{key}")
+        self.dropped = self.corrupted = 0
+
+    def rewrite(self, facts: Sequence[Fact]) -> tuple[Fact, ...]:
+        """The facts that survive one rewrite (some possibly corrupted), in order."""
+        out = []
+        for f in facts:
+            u = self.rng.random()
+            if u < self.p_drop:
+                self.dropped += 1
+                continue
+            if u < self.p_drop + self.p_corrupt:
+                self.corrupted += 1
+                f = corrupt_fact(self.world, f, self.rng)
+            out.append(f)
+        return tuple(out)
+
+
+class NoisyOracleFoldPolicy(OracleFoldPolicy):
+    """:class:`OracleFoldPolicy` whose folds write facts through ``noise`` (:class:`FactNoise`): a fact
+    can be lost or corrupted when it is first condensed and again at every deep consolidation that
+    rewrites it; what was lost stays lost (later folds rewrite what the earlier ones wrote)."""
+
+    def __init__(self, traj: OracleTrajectory, noise: FactNoise):
+        super().__init__(traj)
+        self.noise = noise
+
+    def _write(self, facts: tuple[Fact, ...]) -> tuple[Fact, ...]:
+        return self.noise.rewrite(facts)
+
+
 def run_oracle_agentfold(traj: OracleTrajectory, tools: Sequence[dict], *, count=None,
-                         keep_contexts: bool = False, max_turns: int | None = None) -> AgentRun:
-    """Drives :func:`run_agentfold` with :class:`OracleFoldPolicy` and a replaying tool."""
-    policy = OracleFoldPolicy(traj)
+                         keep_contexts: bool = False, max_turns: int | None = None,
+                         policy: OracleFoldPolicy | None = None) -> AgentRun:
+    """Drives :func:`run_agentfold` with ``policy`` (default :class:`OracleFoldPolicy`) and a replaying
+    tool."""
+    policy = policy or OracleFoldPolicy(traj)
     it = iter(traj.actions)
 
     def call_tool(call: dict) -> str:
@@ -336,21 +422,24 @@ REACT_SYSTEM_PROMPT = (
 )
 
 
+def _react_system_message(tools: Sequence[dict]) -> dict:
+    return {"role": "system", "content": REACT_SYSTEM_PROMPT.format(tools=json.dumps(list(tools), ensure_ascii=False))}
+
+
 def _react_step_segments(a: OracleAction) -> tuple[str, str]:
     call = json.dumps(a.tool_call, ensure_ascii=False)
-    asst = f"<|im_start|>assistant\n<think>{a.think}</think>\n<tool_call>\n{call}\n</tool_call><|im_end|>\n"
-    user = f"<|im_start|>user\n<tool_response>\n{a.observation}\n</tool_response><|im_end|>\n"
-    return asst, user
+    asst = f"<think>{a.think}</think>\n<tool_call>\n{call}\n</tool_call>"
+    user = f"<tool_response>\n{a.observation}\n</tool_response>"
+    return render_chat([{"role": "assistant", "content": asst}]), render_chat([{"role": "user", "content": user}])
 
 
 def react_segments(traj: OracleTrajectory, tools: Sequence[dict], turn: int) -> list[str]:
     """ReAct prompt at ``turn`` as segments (``"".join`` == the chat-templated prompt)."""
-    head = (f"<|im_start|>system\n{REACT_SYSTEM_PROMPT.format(tools=json.dumps(list(tools), ensure_ascii=False))}"
-            f"<|im_end|>\n<|im_start|>user\n{traj.question.text}<|im_end|>\n")
+    head = render_chat([_react_system_message(tools), {"role": "user", "content": traj.question.text}])
     segs = [head]
     for a in traj.actions[:turn]:
         segs += list(_react_step_segments(a))
-    return segs + ["<|im_start|>assistant\n"]
+    return segs + [CHATML.header("assistant")]
 
 
 def react_accounting(traj: OracleTrajectory, tools: Sequence[dict], count: Callable[[str], int]) -> list[dict]:
@@ -376,37 +465,57 @@ def react_accounting(traj: OracleTrajectory, tools: Sequence[dict], count: Calla
     return rows
 
 
+def react_window(traj: OracleTrajectory, tools: Sequence[dict], turn: int, count: Callable[[str], int],
+                 max_context: int) -> str:
+    """The ReAct prompt at ``turn`` as a sliding-window agent holds it: when it exceeds ``max_context``
+    tokens, the oldest (assistant, tool response) pairs are dropped until it fits (the system prompt and
+    the question always stay)."""
+    segs = react_segments(traj, tools, turn)
+    head, pairs, tail = segs[0], segs[1:-1], segs[-1]
+    total = sum(count(x) for x in segs)
+    i = 0
+    while total > max_context and i < len(pairs):
+        total -= count(pairs[i]) + count(pairs[i + 1])
+        i += 2
+    return head + "".join(pairs[i:]) + tail
+
+
 def summary_accounting(traj: OracleTrajectory, tools: Sequence[dict], count: Callable[[str], int], p: float,
-                       seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Running-summary baseline: at turn ``t`` the prompt is system, question, a summary
-    rewritten every turn, and the latest step verbatim. Facts of step ``t-2`` enter the summary
-    at turn ``t``; every later rewrite drops each fact independently with probability ``p``.
+                       seed: int = 0, *, p_corrupt: float = 0.0,
+                       world: SimWeb | None = None) -> tuple[list[dict], dict[int, str]]:
+    """Running-summary baseline: at turn ``t`` the prompt is system, question, a summary rewritten
+    every turn, and the latest step verbatim. Facts of step ``t-2`` enter the summary at turn ``t``;
+    every later rewrite passes the summary's facts through :class:`FactNoise` (``p`` = drop
+    probability, ``p_corrupt`` = corruption probability, which needs ``world``; rejected candidates are
+    dropped with ``p``).
 
     Returns:
-        (per-turn accounting rows, retention rows ``{fact, learned, needed, horizon, present}``)
-        where ``horizon`` is the number of rewrites the fact had to survive.
+        (per-turn accounting rows, ``{turn: prompt text}`` for the turns some fact is needed at: the
+        contexts :func:`probe_retention` asks about).
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be in [0, 1], got {p}")
     rng = random.Random(f"summary-{traj.question.qid}-{seed}")
-    sys_seg = f"<|im_start|>system\n{REACT_SYSTEM_PROMPT.format(tools=json.dumps(list(tools), ensure_ascii=False))}<|im_end|>\n"
-    q_seg = f"<|im_start|>user\nQuestion: {traj.question.text}\n"
-    tail = "<|im_start|>assistant\n"
-    kept: list[str] = []  # fact sentences, in order
+    noise = FactNoise(p, p_corrupt, world=world, key=f"summary-{traj.question.qid}-{seed}")
+    # one user message (question, then the summary) split into two segments: the question is cached
+    sys_seg = render_chat([_react_system_message(tools)])
+    q_seg = CHATML.header("user") + f"Question: {traj.question.text}\n"
+    tail = CHATML.header("assistant")
+    kept: tuple[Fact, ...] = ()  # the facts the summary states, in order
     rejected: list[str] = []
-    rows, presence_at = [], {}
+    rows, contexts = [], {}
     needed_turns = {u for _, _, u in traj.needed}
     for t in range(traj.n_turns):
         if t >= 1:
-            kept = [s for s in kept if rng.random() >= p]
+            kept = noise.rewrite(kept)
             rejected = [n for n in rejected if rng.random() >= p]
         if t >= 2:
             a = traj.actions[t - 2]
-            kept += [f"{f.sentence} (source: {f.url})" for f in a.learned]
+            kept += tuple(a.learned)
             if a.closes == "reject":
                 rejected.append(a.branch)
-        summary = ("Below is a summary of the previous conversation...Summary: " + " ".join(kept) +
-                   (f" Ruled out: {', '.join(rejected)}." if rejected else "") + "<|im_end|>\n")
+        summary = ("Below is a summary of the previous conversation...Summary: " + _fact_text(kept) +
+                   (f" Ruled out: {', '.join(rejected)}." if rejected else "") + CHATML.footer())
         latest = list(_react_step_segments(traj.actions[t - 1])) if t >= 1 else []
         segs = [sys_seg, q_seg, summary, *latest, tail]
         counts = [count(s) for s in segs]
@@ -415,22 +524,72 @@ def summary_accounting(traj: OracleTrajectory, tools: Sequence[dict], count: Cal
         rows.append(dict(turn=t, prompt_tokens=prompt, blocks=1 + bool(latest), stable_prefix_tokens=cached,
                          cached_tokens=cached if t else 0, reprefill_tokens=prompt - (cached if t else 0)))
         if t in needed_turns:
-            presence_at[t] = "".join(segs)
-    retention = []
+            contexts[t] = "".join(segs)
+    return rows, contexts
+
+
+# --------------------------------------------------------------------------- probes
+
+
+PROBE_SYSTEM_PROMPT = "Answer the probe question from the context above only. Reply <answer>...</answer>."
+_PROBE_MARK = "\n\n### Probe\n"
+_GOAL_RES = {r: re.compile(re.escape(g).replace(re.escape("{x}"), "(.+)")) for r, g in GOALS.items()}
+
+
+def probe_question(fact: Fact) -> str | None:
+    """The probe asking for ``fact``'s object ("Where was X born?"), or None when its relation has none
+    (a laureate-list fact: the list names many laureates, so the question has no single answer)."""
+    return GOALS[fact.relation].format(x=fact.subject) if fact.relation in GOALS else None
+
+
+def read_fact(text: str, subject: str, relation: str) -> str | None:
+    """The object of the *last* sentence in ``text`` that states ``relation`` of ``subject`` in SimWeb's
+    canonical form (``"{s} was born in {o}."``), or None."""
+    head, _, tail = SENTENCES[relation].partition("{o}")
+    obj = r"((?!the year )[^.\n]+?)" if relation == "born_in" else r"([^.\n]+?)"
+    pattern = r"(?<!\w)" + re.escape(head.format(s=subject)) + obj + re.escape(tail)
+    hits = re.findall(pattern, text)
+    return hits[-1] if hits else None
+
+
+class ContextReader:
+    """An :class:`~jaxstack.agents.llm.LLMClient` that answers a probe (the last user message: a context,
+    ``### Probe``, a question from :func:`probe_question`) by :func:`read_fact` over that context only;
+    ``<answer>unknown</answer>`` when the context does not state the fact."""
+
+    def complete(self, messages, *, stop=None, max_tokens=None, temperature=None) -> Completion:
+        validate_messages(messages)
+        context, mark, question = messages[-1]["content"].rpartition(_PROBE_MARK)
+        if not mark:
+            raise ValueError("ContextReader: the last message has no '### Probe' question")
+        for relation, goal in _GOAL_RES.items():
+            m = goal.fullmatch(question.strip())
+            if m:
+                return Completion(f"<answer>{read_fact(context, m.group(1), relation) or 'unknown'}</answer>")
+        raise ValueError(f"ContextReader: cannot read the probe question {question.strip()!r}")
+
+
+def probe_retention(traj: OracleTrajectory, context_at: Callable[[int], str], reader) -> list[dict]:
+    """Asks ``reader`` (an LLMClient) for every needed fact that has a probe, given the context the
+    policy holds at the turn the fact is needed (``context_at(turn)``: the rendered prompt).
+
+    Returns one row per probe: ``fact``, ``relation``, ``learned`` (step), ``needed`` (turn), ``age``
+    (``needed - learned``; at age 1 the fact's step is still the latest, verbatim), ``answer`` and
+    ``correct`` (the answer equals the fact's object, normalised).
+    """
+    rows = []
     for f, s, u in traj.needed:
-        horizon = max(0, u - s - 2)
-        retention.append(dict(fact=f.sentence, learned=s, needed=u, horizon=horizon,
-                              present=f.sentence in presence_at[u]))
-    return rows, retention
-
-
-def needed_fact_presence(traj: OracleTrajectory, run: AgentRun) -> list[bool]:
-    """For an AgentFold run with ``keep_contexts=True``: is each needed fact's sentence in the
-    rendered context at the turn it is needed?"""
-    out = []
-    for f, _s, u in traj.needed:
-        out.append(f.sentence in run.contexts[u].render())
-    return out
+        question = probe_question(f)
+        if question is None:
+            continue
+        messages = [{"role": "system", "content": PROBE_SYSTEM_PROMPT},
+                    {"role": "user", "content": context_at(u) + _PROBE_MARK + question}]
+        text = reader.complete(messages).text
+        m = re.search(r"<answer>(.*?)</answer>", text, re.S)
+        answer = m.group(1).strip() if m else ""
+        rows.append(dict(fact=f.sentence, relation=f.relation, learned=s, needed=u, age=u - s, answer=answer,
+                         correct=normalize_answer(answer) == normalize_answer(f.object)))
+    return rows
 
 
 # --------------------------------------------------------------------------- SFT export
@@ -454,12 +613,13 @@ class SFTExample:
 def sft_examples(traj: OracleTrajectory, run: AgentRun) -> list[SFTExample]:
     """One example per AgentFold step of an oracle run (``keep_contexts=True``), after the
     Fold-Generator checks: every response round-trips through the parser, the run answered
-    correctly, and every needed fact was present when needed. Raises ``ValueError`` naming the
+    correctly, and every needed-fact probe is answered from the context (:func:`probe_retention`). Raises ``ValueError`` naming the
     failed check."""
     if run.status != "answered" or run.answer != traj.answer:
         raise ValueError(f"{traj.question.qid}: run did not answer correctly (status={run.status})")
-    if not all(needed_fact_presence(traj, run)):
-        raise ValueError(f"{traj.question.qid}: a needed fact was missing from the context")
+    probes = probe_retention(traj, lambda u: run.contexts[u].render(), ContextReader())
+    if not all(p["correct"] for p in probes):
+        raise ValueError(f"{traj.question.qid}: a needed fact could not be read back from the context")
     out = []
     for t, (ctx, rec) in enumerate(zip(run.contexts, run.turns)):
         if parse_response(rec.response, t) != run.responses[t]:
@@ -486,8 +646,9 @@ def sft_token_mask(example: SFTExample, counter) -> tuple[list[int], list[int]]:
     Args:
         counter: a :class:`~jaxstack.agents.tokens.BPETokenCounter`.
     """
-    prompt = render_chat([{"role": "system", "content": example.system}, {"role": "user", "content": example.user}])
-    text = prompt + example.response + "<|im_end|>"
+    prompt = render_chat([{"role": "system", "content": example.system}, {"role": "user", "content": example.user}],
+                         add_generation_prompt=True)
+    text = prompt + example.response + CHATML.end
     enc = counter.encode(text)
     mask = [1 if start >= len(prompt) else 0 for start, _end in enc.offsets]
     return list(enc.ids), mask

@@ -20,7 +20,8 @@ from jaxstack.agents.fold import (
     render_response_paper,
     run_agentfold,
 )
-from jaxstack.agents.llm import ScriptedPolicy, render_chat
+from jaxstack.agents.llm import ScriptedPolicy
+from jaxstack.data.chat import render_chat
 
 CALL = {"name": "search", "arguments": {"query": ["a b"]}}
 
@@ -60,7 +61,7 @@ def test_golden_public_prompt_format_byte_exact():
     sys = ctx.system_prompt()
     assert sys.startswith("You are an intelligent agent that can simultaneously invoke appropriate tools")
     assert sys.endswith("(either tool call or final answer).\n\nAvailable tools:\n[]")
-    assert "".join(ctx.prompt_segments(True)) == render_chat(ctx.messages(True))
+    assert "".join(ctx.prompt_segments(True)) == render_chat(ctx.messages(True), add_generation_prompt=True)
 
 
 def test_paper_renderer_names_summaries_and_latest():

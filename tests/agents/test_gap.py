@@ -196,3 +196,80 @@ def test_turn_accounting():
     assert gap.llm_turns(chain, "react") == 4 and gap.llm_turns(chain, "gap") == 4
     assert gap.llm_turns(fan, "react") == 3 and gap.llm_turns(fan, "gap") == 2
     assert gap.llm_turns(fan, "graph") == 2
+
+
+# --------------------------------------------------------------------------- the agent loop with a noisy planner
+
+
+@pytest.fixture(scope="module")
+def simweb():
+    from jaxstack.agents.simweb import SimWeb, WorldConfig
+
+    world = SimWeb(WorldConfig(seed=3))
+    rng = random.Random(0)
+    return world, world.bridge_question(3, rng, qid="b"), world.comparison_question(3, rng, qid="c")
+
+
+def _episode(world, q, regime, errors, max_turns=30):
+    tools = world.local_tools()
+    gold = gap.execute(q.graph, tools).outputs
+
+    def guess(nid, rng):  # a wrong name of the kind the placeholder (or the answer) stands for
+        node = q.graph.node(nid)
+        refs = gap.placeholders(node.args)
+        true = gold[refs[0]] if refs and node.tool not in gap.LOCAL_TOOLS else q.answer
+        kind = world.entity_by_name(true).kind
+        return rng.choice(sorted(e.name for e in world.entities.values() if e.kind == kind and e.name != true))
+
+    policy = gap.NoisyPlanner(q.graph, regime, errors, seed=0, reason=tools, guess=guess)
+    ep = gap.run_episode(policy, q.text, tools, regime=regime, latency=world.latency.latency, max_turns=max_turns)
+    return ep, policy
+
+
+@pytest.mark.parametrize("regime,formula", [("react", "react"), ("gap", "gap"), ("graph_level", "graph"),
+                                            ("graph_eager", "graph")])
+def test_error_free_loop_counts_the_formula_turns_and_answers(simweb, regime, formula):
+    world, *qs = simweb
+    for q in qs:
+        ep, _ = _episode(world, q, regime, gap.PolicyErrors())
+        assert ep.status == "answered" and ep.answer == q.answer
+        assert ep.n_turns == gap.llm_turns(q.graph, formula)
+        assert ep.tool_calls == len(gap.tool_nodes(q.graph))
+        assert ep.time == pytest.approx(ep.tool_time + ep.model_time) and ep.model_time > 0
+
+
+def test_sequential_chain_gets_no_turn_reduction(simweb):
+    """Can fail: on a pure chain, planning ahead saves no LLM call."""
+    world, bridge, _ = simweb
+    turns = {r: _episode(world, bridge, r, gap.PolicyErrors())[0].n_turns for r in ("react", "gap")}
+    assert turns["gap"] == turns["react"] == len(bridge.graph) + 1
+
+
+def test_policy_errors_cost_turns_or_answers(simweb):
+    world, bridge, comparison = simweb
+    # premature answers: one call, a hallucinated answer
+    ep, policy = _episode(world, bridge, "gap", gap.PolicyErrors(premature_answer=1.0))
+    assert ep.n_turns == 1 and ep.answer != bridge.answer and policy.counts["premature"] == 1
+    # garbled arguments never resolve: the budget runs out, no answer
+    ep, policy = _episode(world, comparison, "graph_eager", gap.PolicyErrors(wrong_argument=1.0), max_turns=4)
+    assert ep.status == "max_turns" and ep.answer is None and ep.n_turns == 4
+    # each plan garbles all 6 tasks; only the 3 roots run, their children are skipped
+    assert ep.tool_calls == 4 * 3 and policy.counts["garbled_arguments"] == 4 * 6
+    # missed dependencies: unnoticed guesses save turns and lose the answer; noticed ones cost calls
+    sloppy, policy = _episode(world, bridge, "gap", gap.PolicyErrors(missed_dependency=1.0, notice=0.0))
+    assert sloppy.n_turns == 2 and sloppy.answer != bridge.answer and policy.counts["guessed_arguments"] == 2
+    careful, _ = _episode(world, bridge, "gap", gap.PolicyErrors(missed_dependency=1.0, notice=1.0))
+    assert careful.answer == bridge.answer and careful.tool_calls > len(bridge.graph)
+    # ReAct reads each observation before the next call: missed dependencies cannot bite it
+    react, _ = _episode(world, bridge, "react", gap.PolicyErrors(missed_dependency=1.0, notice=0.0))
+    assert react.answer == bridge.answer
+    with pytest.raises(ValueError, match="missed_dependency"):
+        gap.PolicyErrors(missed_dependency=1.5)
+
+
+def test_observation_round_trip():
+    g = PlanGraph((PlanNode("1", "search", {"query": "a"}), PlanNode("2", "join", {}, ("1",))))
+    text = gap.render_observations(gap.execute(g, TOOLS), g)
+    assert text == "<observation>\n[1] R(a)\n</observation>"
+    assert gap.parse_observations(text) == {"1": (True, "R(a)")}
+    assert gap.parse_observations("<observation>\n[3] Error: x\n</observation>") == {"3": (False, "Error: x")}

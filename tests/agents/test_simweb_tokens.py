@@ -7,7 +7,7 @@ import time
 import pytest
 
 from jaxstack.agents import gap
-from jaxstack.agents.simweb import _GOAL, VISIT_FAILURE, LatencyModel, SimWeb, ToolError, VirtualClock, WorldConfig
+from jaxstack.agents.simweb import GOALS, VISIT_FAILURE, LatencyModel, SimWeb, ToolError, VirtualClock, WorldConfig
 from jaxstack.agents.tokens import ProxyTokenCounter, simweb_bpe_counter
 
 SMALL = WorldConfig(seed=3, n_people=60, n_orgs=20, n_cities=10, n_works=40)
@@ -58,7 +58,7 @@ def test_questions_have_consistent_gold(world):
         assert set(q.evidence_urls) <= set(world.pages)
         for f in q.facts:
             assert f.sentence in world.pages[f.url].sentences
-            goal = f"Who received the {f.subject}?" if f.relation == "laureates" else _GOAL[f.relation].format(x=f.subject)
+            goal = f"Who received the {f.subject}?" if f.relation == "laureates" else GOALS[f.relation].format(x=f.subject)
             assert f.sentence in world.visit([f.url], goal)
         if q.kind == "constraint":
             assert q.candidates and q.answer not in [c for c, _ in q.candidates]

@@ -20,8 +20,11 @@ a ``jax.custom_vjp`` whose backward is a fused Pallas backward of the same form 
 per-chunk dq/dk/dv/dg/dbeta kernel; ``kda_pallas(..., bwd="xla")`` selects the VJP of the chunked XLA
 form instead, see ``pallas.py``).
 
-Also: :func:`kda_decode_step` (one token, for inference) and the gates :func:`kda_gate_softplus`,
-:func:`kda_gate_lower_bound` (in ``gates.py``).
+Also: :func:`kda_decode_step` (one token, for inference), the gates :func:`kda_gate_softplus`,
+:func:`kda_gate_lower_bound` (in ``gates.py``), and ``reference.naive_chunk``, the chunk algorithm written
+out plainly (a test oracle beside the token recurrence, not a backend). The ``"xla"`` chunk form is split
+as fla splits its ops: ``chunk.py`` (entry, VJP wiring), ``chunk_fwd.py``, ``chunk_bwd.py``, ``runner.py``
+(padding / varlen driver shared with the Pallas paths).
 """
 
 from __future__ import annotations

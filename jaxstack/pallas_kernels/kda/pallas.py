@@ -32,7 +32,7 @@ vs fla's Triton ``chunk_kda`` fwd+bwd, at T >= 16k where launch overheads stop d
 at small B * H.
 
 Layout work done here, outside the kernels:
-  * chunking and varlen packing (shared with the XLA path via ``chunk.run_chunked``);
+  * chunking and varlen packing (shared with the XLA path via ``runner.run_chunked``);
   * the float32 in-chunk gate cumsum ``G`` (Mosaic cannot lower ``cumsum``) and, in the backward, the
     reverse cumsum turning ``dG`` into ``dg``;
   * flattening batch and chunks into one per-head stream ``[H, L, D]`` with a sequence table;
@@ -50,7 +50,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxstack.pallas_kernels.kda import _common
-from jaxstack.pallas_kernels.kda.chunk import chunk_core, run_chunked
+from jaxstack.pallas_kernels.kda.chunk import chunk_core
+from jaxstack.pallas_kernels.kda.runner import run_chunked
 
 
 def _pad_dim(D):
