@@ -13,12 +13,18 @@ definitions, they are not the paper's Table 2 (which is quoted in ``refs/agents.
 reproduced).
 
 The ``tiny`` and ``paper`` presets also fine-tune a jaxstack model on the mixed chat exports
-(issue 6, item 6; :func:`jaxstack.data.adp.sft_run.train_chat_sft`): a held-out split by record id,
+(issue 6, item 6; :func:`jaxstack.train.chat_sft.train_chat_sft`): a held-out split by record id,
 ChatML with the loss on assistant tokens only, packing with segment ids / positions, a Grain
 iterator into the foundation trainer, then greedy replies sampled for held-out and training turns
-before and after training and parsed back into ADP actions. Written under ``<run>/sft_train/``:
-``metrics.jsonl``, ``loss.png``, ``samples.jsonl``, ``sft_summary.json``, ``hf/`` and
-``tokenizer.json``; the headline numbers are copied into ``summary.json["sft"]``.
+before and after training and parsed back into ADP actions. One fine-tuning run per seed of
+``Config.seeds`` (the seed sets the initial parameters and the data order; the held-out split is
+fixed by ``Config.seed``), each under ``<run>/sft_train/seed<k>/``: ``metrics.jsonl``, ``loss.png``,
+``samples.jsonl``, ``summary.json`` (the trainer's keys and ``sft``), ``hf/`` and ``tokenizer.json``.
+``summary.json["sft"]`` holds every seed's headline numbers -- the held-out loss before training, its
+minimum over the run's evaluations and that step (overfitting shows as a final loss above the
+minimum), the exported model's -- and their means with standard errors over seeds, the
+pre-registered verdicts (``SFT_CLAIMS``) and the paper's numbers (``PAPER``); ``sft.png`` draws them.
+The ``tiny`` preset stops early (``train.early_stopping_patience``) and exports the best evaluation.
 
 * ``tiny`` (CPU, a few minutes): a ~0.7M-parameter SmolLM2-shaped model from scratch with a
   byte-level BPE trained on the exported training text. The fixture data are ~10 trajectories
@@ -35,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,20 +63,14 @@ from jaxstack.data.adp.exporters.chat import (
 )
 from jaxstack.data.adp.mixture import PAPER_WEIGHTS, weight_for
 from jaxstack.data.adp.schema import ApiAction, CodeAction
+from jaxstack.evals import mean_stderr
 from jaxstack.models.configs import LlamaConfig, get_config
+from jaxstack.runs import RunRecord, pyplot
 from jaxstack.train.optimizers import OptimizerConfig
+from jaxstack.train.presets import CHAT_SFT_TINY
 from jaxstack.train.trainer import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-# ~0.7M parameters: SmolLM2-shaped (GQA 2:1, tied embeddings), vocab filled by the BPE.
-TINY_MODEL = get_config("smollm2-tiny", vocab_size=1024, hidden_size=128, intermediate_size=384, num_layers=3,
-                        num_heads=4, num_kv_heads=2, max_position_embeddings=1024)
-# 60 steps x 2 rows x 1024 tokens (~25 passes over the ~5k training tokens): ~2-4 minutes on 2 CPU cores.
-TINY_TRAIN = TrainConfig(steps=60, batch_size=2, seq_len=1024, log_every=2, eval_every=10, eval_batches=4,
-                         checkpoint_every=60, keep_checkpoints=1)
-TINY_OPTIMIZER = OptimizerConfig(learning_rate=3e-3, warmup_steps=20, decay_fraction=0.2)
 
 
 @dataclass(frozen=True)
@@ -82,8 +81,10 @@ class Config:
     trainer (``trainer.seq_len`` is the packed row length); ``init_from`` is a local HF directory
     whose parameters and ``tokenizer.json`` start the run (its config.json then defines the model
     shape; ``model`` only contributes execution fields such as ``scan_layers``); ``eval_fraction``
-    of the record ids are held out; ``max_prompts`` replies of at most ``max_new_tokens`` tokens
-    are sampled per split for the action-parse rate.
+    of the record ids are held out (the split is seeded by ``seed``); ``max_prompts`` replies of at
+    most ``max_new_tokens`` tokens are sampled per split for the action-parse rate; one fine-tuning
+    run per seed in ``seeds`` (``trainer.seed`` is replaced by it). The record goes to
+    ``out_dir/adp/<run_name or a timestamp>``.
     """
 
     raw_dir: str = "tests/fixtures/adp"
@@ -91,21 +92,24 @@ class Config:
     formats: tuple[str, ...] = ("openhands", "sweagent", "chat")
     schema_version: str = "1.0"
     seed: int = 0
-    out_root: str = "runs/adp"
+    out_dir: str = "runs"
+    run_name: str | None = None
     train: bool = False
-    model: LlamaConfig = TINY_MODEL
-    trainer: TrainConfig = TINY_TRAIN
-    optimizer: OptimizerConfig = TINY_OPTIMIZER
+    model: LlamaConfig = CHAT_SFT_TINY.model
+    trainer: TrainConfig = CHAT_SFT_TINY.train
+    optimizer: OptimizerConfig = CHAT_SFT_TINY.optimizer
     init_from: str | None = None
     eval_fraction: float = 0.3
     max_new_tokens: int = 64
     max_prompts: int = 16
+    seeds: tuple[int, ...] = (0,)
     show_progress: bool = True
 
 
 PRESETS: dict[str, Config] = {
     "data": Config(),
-    "tiny": Config(train=True),
+    "tiny": Config(train=True, seeds=(0, 1, 2),
+                   trainer=dataclasses.replace(CHAT_SFT_TINY.train, early_stopping_patience=2)),
     "paper": Config(
         train=True,
         model=get_config("smollm2-135m", scan_layers=True),
@@ -187,15 +191,109 @@ def _check_train_config(config: Config) -> None:
         raise ValueError(f"init_from: {config.init_from} has no tokenizer.json (the SFT data are tokenised with it)")
 
 
-def _train_sft(config: Config, run_dir: Path) -> dict[str, Any]:
+# Pre-registered verdicts (fixed before the 3-seed run): the toy's analogue of the paper's claim that
+# SFT on ADP data makes better agents, tested on the measures the toy has. A difference holds when its
+# mean over seeds exceeds SE_MULTIPLE standard errors over seeds (the held-out prompts are fixed).
+SE_MULTIPLE = 2.0
+SFT_CLAIMS = {
+    "sft_lowers_heldout_loss": ("the held-out assistant-token loss of the exported model is below the initial "
+                                "model's", "heldout_loss_initial - heldout_loss_final"),
+    "sft_improves_heldout_actions": ("held-out replies match the reference action kind more often after SFT",
+                                     "parse_after.heldout.kind_match - parse_before.heldout.kind_match"),
+}
+# The ADP paper's numbers (arXiv 2510.24702, Tables 3-5; Qwen2.5-Coder-7B-Instruct, accuracy %, base ->
+# fine-tuned on ADP data); drawn in sft.png as the paper's, not measured here.
+PAPER = {"SWE-Bench Verified (SWE-Agent)": (0.4, 20.2), "SWE-Bench Verified (OpenHands)": (2.8, 20.4),
+         "WebArena (AgentLab)": (4.5, 21.0), "AgentBench OS (OpenHands)": (3.5, 27.1)}
+
+
+def _value(summary: dict[str, Any], path: str) -> float:
+    for key in path.split("."):
+        summary = summary[key]
+    return float(summary)
+
+
+def _seed_estimate(values: list[float]) -> dict[str, Any]:
+    """Mean, standard error over seeds (nan with one seed) and the per-seed values."""
+    return {"mean": float(sum(values) / len(values)), "se": mean_stderr(values), "per_seed": list(values)}
+
+
+def sft_verdicts(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """``SFT_CLAIMS`` applied to the per-seed SFT summaries: each claim's difference over seeds and verdict,
+    and the study's (``reproduced``: every claim holds; ``partially``: some; ``not reproduced``: none)."""
+    claims = {}
+    for name, (statement, expression) in SFT_CLAIMS.items():
+        plus, minus = (part.strip() for part in expression.split(" - "))
+        diff = _seed_estimate([_value(s, plus) - _value(s, minus) for s in per_seed])
+        holds = bool(diff["mean"] > SE_MULTIPLE * diff["se"])  # False for a nan SE (one seed)
+        claims[name] = {"statement": statement, "criterion": f"{expression} > {SE_MULTIPLE:g} SE over seeds",
+                        "difference": diff, "holds": holds, "verdict": "reproduced" if holds else "not reproduced"}
+    held = sum(c["holds"] for c in claims.values())
+    return {"claims": claims,
+            "verdict": "reproduced" if held == len(claims) else "partially" if held else "not reproduced",
+            "verdict_criterion": "toy analogue of the paper's claim (better agents after SFT on ADP data; its "
+                                 "benchmarks are not run here): reproduced if every claim holds, partially if some, "
+                                 "not reproduced if none"}
+
+
+def plot_sft(run_dir: Path, per_seed: dict[int, dict[str, Any]], study: dict[str, Any]):
+    """Held-out loss per seed against step (initial at 0, minimum and exported step marked), held-out reply
+    rates before / after (mean over seeds +- SE), and the paper's numbers (a matplotlib figure)."""
+    from jaxstack.runs import read_metrics
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    ax = axes[0]
+    for seed, sft in per_seed.items():
+        evals = [(0, sft["heldout_loss_initial"])] + [(m["step"], m["eval_loss"])
+                                                      for m in read_metrics(run_dir / "sft_train" / f"seed{seed}")
+                                                      if "eval_loss" in m]
+        line, = ax.plot(*zip(*evals), "o-", ms=3, label=f"seed {seed}")
+        ax.plot(sft["heldout_loss_min_step"], sft["heldout_loss_min"], "*", ms=12, color=line.get_color())
+        ax.axvline(sft["heldout_loss_final_step"], color=line.get_color(), ls=":", lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out assistant-token loss (nats)")
+    ax.set_title("held-out loss (star: minimum; dotted: exported step)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    metrics = ("valid", "kind_match", "exact")
+    for offset, (tag, key) in enumerate((("before", "parse_before"), ("after", "parse_after"))):
+        values = [_seed_estimate([s[key]["heldout"][m] for s in per_seed.values()]) for m in metrics]
+        ax.bar([i + 0.4 * offset - 0.2 for i in range(len(metrics))], [v["mean"] for v in values], 0.4,
+               yerr=[0 if v["se"] != v["se"] else v["se"] for v in values], capsize=4, label=f"{tag} SFT")
+    ax.set_xticks(range(len(metrics)), metrics)
+    ax.set_ylim(0, 1.05)
+    n = next(iter(per_seed.values()))["parse_after"]["heldout"]["n"]
+    ax.set_title(f"toy: held-out replies (n={n} per seed, {len(per_seed)} seeds, +-1 SE)", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    ax = axes[2]
+    names = list(PAPER)
+    for offset, (tag, index) in enumerate((("base", 0), ("+ ADP SFT", 1))):
+        ax.bar([i + 0.4 * offset - 0.2 for i in range(len(names))], [PAPER[k][index] for k in names], 0.4,
+               label=tag, hatch="//" if index else "", edgecolor="black", color="white" if not index else "tab:green")
+    ax.set_xticks(range(len(names)), [k.replace(" (", "\n(") for k in names], fontsize=7)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("PAPER's numbers (Qwen2.5-Coder-7B; Tables 3-5; not measured here)", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"ADP SFT, pre-registered verdict: {study['verdict']} -- "
+                 + "; ".join(f"{k}: {c['verdict']}" for k, c in study["claims"].items()), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _train_sft(config: Config, run_dir: Path, seed: int) -> dict[str, Any]:
+    from jaxstack.agents.llm import JaxstackModelClient
     from jaxstack.data.adp.sft import split_records
-    from jaxstack.data.adp.sft_run import train_chat_sft
     from jaxstack.data.tokenizer import load_tokenizer
-    from jaxstack.models.hf import config_from_hf
+    from jaxstack.models.checkpoint import config_from_hf
+    from jaxstack.train.chat_sft import train_chat_sft
 
     records = [json.loads(line) for line in (run_dir / "mixture.chat.jsonl").read_text().splitlines() if line.strip()]
     train_records, eval_records = split_records(records, config.eval_fraction, seed=config.seed)
-    model, trainer, tokenizer = config.model, config.trainer, None
+    model, trainer, tokenizer = config.model, dataclasses.replace(config.trainer, seed=seed), None
     if config.init_from is not None:
         hf = json.loads((Path(config.init_from) / "config.json").read_text())
         model = config_from_hf(hf, scan_layers=model.scan_layers, remat=model.remat,
@@ -204,9 +302,9 @@ def _train_sft(config: Config, run_dir: Path) -> dict[str, Any]:
         tokenizer = load_tokenizer(config.init_from)
     summary = train_chat_sft(
         train_records, eval_records, model_config=model, train_config=trainer, optimizer_config=config.optimizer,
-        run_dir=run_dir / "sft_train", classify=classify_action, tokenizer=tokenizer, tokenizer_name="adp-chat",
-        max_new_tokens=config.max_new_tokens, max_prompts=config.max_prompts,
-        extra_config={"experiment": "adp", "heldout_ids": sorted({str(r["id"]) for r in eval_records})},
+        run_dir=run_dir / "sft_train" / f"seed{seed}", classify=classify_action, make_client=JaxstackModelClient, tokenizer=tokenizer,
+        tokenizer_name="adp-chat", max_new_tokens=config.max_new_tokens, max_prompts=config.max_prompts,
+        extra_config={"experiment": "adp", "seed": seed, "heldout_ids": sorted({str(r["id"]) for r in eval_records})},
         show_progress=config.show_progress,
     )
     summary["label"] = ("toy: a tiny model trained on the hand-written fixture trajectories; shows the pipeline "
@@ -219,17 +317,8 @@ def run(config: Config) -> Path:
     """Run the experiment; returns the run directory."""
     if config.train:
         _check_train_config(config)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = _resolve(config.out_root) / stamp
-    base, suffix = run_dir, 0
-    while True:
-        try:
-            run_dir.mkdir(parents=True)
-            break
-        except FileExistsError:
-            suffix += 1
-            run_dir = base.with_name(f"{base.name}-{suffix}")
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    run_record = RunRecord.create(config.out_dir, "adp", config, stamp=config.run_name)
+    run_dir = run_record.dir
 
     trajectories, conversion = _convert(config, run_dir)
     per_dataset = {name: dataset_stats(items) for name, items in trajectories.items()}
@@ -269,23 +358,42 @@ def run(config: Config) -> Path:
             for name in sorted(sizes)
         },
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    run_record.write_summary(summary)
     if config.train:
-        sft = _train_sft(config, run_dir)
-        summary["sft"] = {k: sft[k] for k in ("label", "model", "data", "steps", "train_loss_first", "train_loss_last",
-                                              "heldout_loss_initial", "heldout_loss_final", "parse_before",
-                                              "parse_after", "durations_s", "files")}
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        after, before = sft["parse_after"], sft["parse_before"]
-        print(f"[adp] {summary['sft']['label']}")
-        print(f"[adp] train loss {sft['train_loss_first']:.3f} -> {sft['train_loss_last']:.3f} over {sft['steps']} steps; "
-              f"held-out loss {sft['heldout_loss_initial']:.3f} -> {sft['heldout_loss_final']:.3f}")
-        for split in ("heldout", "train"):
-            b, a = before.get(split, {}), after[split]
-            print(f"[adp] {split} replies (n={a['n']}): valid {b.get('valid', float('nan')):.2f} -> {a['valid']:.2f}, "
-                  f"kind match {b.get('kind_match', float('nan')):.2f} -> {a['kind_match']:.2f}, "
-                  f"exact {b.get('exact', float('nan')):.2f} -> {a['exact']:.2f}")
-        print(f"[adp] loss plot {sft['files']['loss_plot']}; run {run_dir}")
+        per_seed = {}
+        for seed in config.seeds:
+            sft = _train_sft(config, run_dir, seed)
+            per_seed[seed] = {k: sft[k] for k in (
+                "steps", "train_loss_first", "train_loss_last", "heldout_loss_initial", "heldout_loss_final",
+                "heldout_loss_final_step", "heldout_loss_min", "heldout_loss_min_step", "early_stopping",
+                "parse_before", "parse_after", "durations_s", "files")}
+            b, a = sft["parse_before"].get("heldout", {}), sft["parse_after"]["heldout"]
+            print(f"[adp] seed {seed}: train loss {sft['train_loss_first']:.3f} -> {sft['train_loss_last']:.3f} over "
+                  f"{sft['steps']} steps; held-out loss {sft['heldout_loss_initial']:.3f} -> minimum "
+                  f"{sft['heldout_loss_min']:.3f} at step {sft['heldout_loss_min_step']} -> exported "
+                  f"{sft['heldout_loss_final']:.3f} (step {sft['heldout_loss_final_step']}); held-out replies "
+                  f"(n={a['n']}): valid {b.get('valid', float('nan')):.2f} -> {a['valid']:.2f}, kind match "
+                  f"{b.get('kind_match', float('nan')):.2f} -> {a['kind_match']:.2f}")
+        study = sft_verdicts(list(per_seed.values()))
+        mean = {key: _seed_estimate([_value(s, path) for s in per_seed.values()]) for key, path in (
+            ("heldout_loss_initial", "heldout_loss_initial"), ("heldout_loss_min", "heldout_loss_min"),
+            ("heldout_loss_min_step", "heldout_loss_min_step"), ("heldout_loss_final", "heldout_loss_final"),
+            ("heldout_valid_before", "parse_before.heldout.valid"), ("heldout_valid_after", "parse_after.heldout.valid"),
+            ("heldout_kind_match_before", "parse_before.heldout.kind_match"),
+            ("heldout_kind_match_after", "parse_after.heldout.kind_match"))}
+        summary["sft"] = {"label": sft["label"], "model": sft["model"], "data": sft["data"],
+                          "seeds": list(config.seeds), "per_seed": {str(k): v for k, v in per_seed.items()},
+                          "mean": mean, **study, "paper": {"numbers": PAPER, "source": "arXiv 2510.24702 Tables 3-5, "
+                                                           "Qwen2.5-Coder-7B-Instruct, base -> ADP SFT, accuracy %"}}
+        run_record.write_summary({"sft": summary["sft"]})
+        run_record.save_plot(plot_sft(run_dir, per_seed, study), "sft.png")
+        print(f"[adp] {sft['label']}")
+        for key, value in mean.items():
+            print(f"[adp] {key}: {value['mean']:.3f} +- {value['se']:.3f} (seeds {[round(v, 3) for v in value['per_seed']]})")
+        for name, claim in study["claims"].items():
+            print(f"[adp] claim {name}: {claim['criterion']}: {claim['difference']['mean']:.3f} +- "
+                  f"{claim['difference']['se']:.3f} -> {claim['verdict']}")
+        print(f"[adp] verdict: {study['verdict']}; plot {run_dir / 'sft.png'}; run {run_dir}")
     return run_dir
 
 

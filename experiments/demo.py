@@ -10,13 +10,13 @@ of Python documentation, so the model memorises its style within minutes.
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import json
 import pathlib
 
-from jaxstack.data import corpus, lm, tokenizer as tokenizer_lib
+from jaxstack.config import to_dict
+from jaxstack.data.lm import text_data
 from jaxstack.inference import SamplingConfig, generate
 from jaxstack.models.configs import LlamaConfig, get_config
+from jaxstack.runs import RunRecord
 from jaxstack.train.optimizers import OptimizerConfig
 from jaxstack.train.trainer import TrainConfig, train
 
@@ -30,7 +30,7 @@ class Config:
     sample_tokens: int = 48
     temperature: float = 0.8
     top_p: float = 0.95
-    out_dir: str = "runs/demo"
+    out_dir: str = "runs"  # the record goes to out_dir/demo/<run_name or a timestamp>
     run_name: str | None = None
 
 
@@ -55,30 +55,17 @@ PRESETS = {
 
 
 def run(config: Config) -> pathlib.Path:
-    name = config.run_name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = pathlib.Path(config.out_dir) / name
-    train_docs = corpus.default_corpus("train")
-    valid_docs = corpus.default_corpus("validation")
-    tokenizer = tokenizer_lib.cached_bpe(train_docs, config.model.vocab_size, "pydoc")
-    if tokenizer.vocab_size != config.model.vocab_size:
-        raise ValueError(
-            f"model.vocab_size={config.model.vocab_size} but the trained tokenizer has {tokenizer.vocab_size} tokens"
-        )
-    seq_len, batch_size = config.train.seq_len, config.train.batch_size
-    train_windows = lm.pack_documents(tokenizer.encode_batch(train_docs), seq_len, tokenizer.eos_id)
-    valid_windows = lm.pack_documents(tokenizer.encode_batch(valid_docs), seq_len, tokenizer.eos_id)
-    data = iter(lm.lm_dataset(train_windows, batch_size, seed=config.train.seed))
-    eval_batch = min(batch_size, len(valid_windows))
-
-    def eval_data():
-        return iter(lm.lm_dataset(valid_windows, eval_batch, seed=0, shuffle=False, repeat=False))
-
-    print(f"demo: {len(train_windows) * seq_len:,} training tokens, {config.model.num_params():,} parameters "
-          f"-> {run_dir}")
+    record = RunRecord.create(config.out_dir, "demo", config, stamp=config.run_name)
+    run_dir = record.dir
+    text = text_data(vocab_size=config.model.vocab_size, seq_len=config.train.seq_len,
+                     batch_size=config.train.batch_size, seed=config.train.seed, tokenizer_name="pydoc")
+    tokenizer = text.tokenizer
+    print(f"demo: {len(text.train_windows) * config.train.seq_len:,} training tokens, "
+          f"{config.model.num_params():,} parameters -> {run_dir}")
     model, summary = train(
-        config.model, config.train, config.optimizer, data, run_dir, eval_data=eval_data,
-        extra_config={"prompts": list(config.prompts), "tokenizer_vocab": tokenizer.vocab_size,
-                      "corpus": "pydoc_data.topics (PSF licence)"},
+        config.model, config.train, config.optimizer, iter(text.dataset), run_dir, eval_data=text.eval_data,
+        extra_config={**{k: v for k, v in to_dict(config).items() if k not in ("model", "train", "optimizer")},
+                      "tokenizer_vocab": tokenizer.vocab_size, "corpus": "pydoc_data.topics (PSF licence)"},
     )
     tokenizer.save(run_dir / "tokenizer.json")
 
@@ -91,8 +78,7 @@ def run(config: Config) -> pathlib.Path:
         samples.append(prompt + tokenizer.decode(result.tokens[row, :n].tolist()))
     text = "\n\n".join(f"--- sample {i + 1} ---\n{s}" for i, s in enumerate(samples))
     (run_dir / "samples.txt").write_text(text + "\n")
-    summary["samples"] = samples
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = record.write_summary({"samples": samples})  # merged into the trainer's summary
     print(text)
     final = summary["final"]
     print(f"\nfinal train loss {final.get('loss', float('nan')):.3f}, held-out loss "

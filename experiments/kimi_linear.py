@@ -29,8 +29,6 @@ The paper's numbers (``PAPER``) are quoted with their source and never presented
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import json
 import os
 import pathlib
 import platform
@@ -44,17 +42,13 @@ import numpy as np
 from flax import nnx
 
 from jaxstack.config import to_dict
-from jaxstack.data import corpus, lm, tokenizer as tokenizer_lib
-from jaxstack.models.kimi_linear import (
-    KimiLinearConfig,
-    KimiLinearForCausalLM,
-    cache_bytes,
-    get_kimi_config,
-    init_cache,
-)
+from jaxstack.data.lm import text_data
+from jaxstack.models.configs import KimiLinearConfig, get_kimi_config
+from jaxstack.models.kimi_linear import KimiLinearForCausalLM, cache_bytes, init_cache
+from jaxstack.runs import RunRecord, pyplot, read_metrics
 from jaxstack.train.optimizers import OptimizerConfig
 from jaxstack.train.step import make_batch, token_cross_entropy
-from jaxstack.train.trainer import TrainConfig, read_metrics, train
+from jaxstack.train.trainer import TrainConfig, train
 
 LABEL = ("toy scale (tiny preset: ~0.47M-parameter models, ~300k LM tokens per arm, minutes on 2 CPU cores); "
          "decode timings are CPU toy numbers. The paper's numbers are quoted under 'paper' with their source; "
@@ -130,7 +124,7 @@ class Config:
     cache_presets: tuple[str, ...] = ("kimi-linear-48b-a3b", "kimi-linear-tiny")
     cache_contexts: tuple[int, ...] = (4096, 32768, 131072, 1048576)
     show_progress: bool = True
-    out_dir: str = "runs/kimi-linear"
+    out_dir: str = "runs"  # the record goes to out_dir/kimi-linear/<run_name or a timestamp>
     run_name: str | None = None
 
 
@@ -242,7 +236,7 @@ def mqar_examples(config: MQARConfig, count: int, seed: int) -> dict[str, np.nda
 
 def _mqar_dataset(examples: dict[str, np.ndarray], batch_size: int, *, seed: int, shuffle: bool = True,
                   repeat: bool = True):
-    """Grain iterator of {"tokens", "loss_mask"} batches (checkpointable, like ``lm.lm_dataset``)."""
+    """Grain iterator of {"tokens", "loss_mask"} batches (checkpointable, like ``jaxstack.data.lm.lm_dataset``)."""
     stacked = np.stack([examples["tokens"], examples["loss_mask"]], axis=1)  # [N, 2, T+1]
     dataset = grain.MapDataset.source(stacked)
     if repeat:
@@ -369,17 +363,9 @@ def cache_table(report: dict[str, Any]) -> str:
 # Plots
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_loss_curves(arms: dict[str, Any], path: pathlib.Path) -> None:
-    plt = _plt()
+def plot_loss_curves(arms: dict[str, Any]):
+    """Train and held-out LM loss per schedule (a matplotlib figure)."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for i, (ratio, arm) in enumerate(arms.items()):
         color = f"C{i}"
@@ -395,12 +381,12 @@ def plot_loss_curves(arms: dict[str, Any], path: pathlib.Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
-def plot_mqar(arms: dict[str, Any], chance: float, path: pathlib.Path) -> None:
-    plt = _plt()
+def plot_mqar(arms: dict[str, Any], chance: float):
+    """MQAR held-out accuracy per schedule against chance (a matplotlib figure)."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     labels = [schedule_label(r) for r in arms]
     values = [arm["mqar"]["accuracy"] for arm in arms.values()]
@@ -413,12 +399,12 @@ def plot_mqar(arms: dict[str, Any], chance: float, path: pathlib.Path) -> None:
     ax.set_title("MQAR (toy scale, CPU)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
-def plot_cache_bytes(report: dict[str, Any], path: pathlib.Path) -> None:
-    plt = _plt()
+def plot_cache_bytes(report: dict[str, Any]):
+    """Decode-cache bytes against context per preset (a matplotlib figure)."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(report), figsize=(5.5 * len(report), 4), squeeze=False)
     for ax, (name, entry) in zip(axes[0], report.items()):
         contexts = sorted(entry["hybrid_vs_all_mla"]["contexts"])
@@ -434,12 +420,12 @@ def plot_cache_bytes(report: dict[str, Any], path: pathlib.Path) -> None:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
-def plot_decode(arms: dict[str, Any], path: pathlib.Path, batch: int) -> None:
-    plt = _plt()
+def plot_decode(arms: dict[str, Any], batch: int):
+    """Decode tokens/s against context per schedule (a matplotlib figure)."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for i, (ratio, arm) in enumerate(arms.items()):
         points = sorted((int(n), r["tokens_per_s"]) for n, r in arm["decode"].items())
@@ -450,8 +436,7 @@ def plot_decode(arms: dict[str, Any], path: pathlib.Path, batch: int) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -459,7 +444,7 @@ def plot_decode(arms: dict[str, Any], path: pathlib.Path, batch: int) -> None:
 
 
 def _train_record(run_dir: pathlib.Path, summary: dict[str, Any], wall_s: float) -> dict[str, Any]:
-    metrics = read_metrics(run_dir / "metrics.jsonl")
+    metrics = read_metrics(run_dir)
     evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
     return {
         "run_dir": str(run_dir),
@@ -473,23 +458,16 @@ def _train_record(run_dir: pathlib.Path, summary: dict[str, Any], wall_s: float)
 
 def run(config: Config) -> pathlib.Path:
     started = time.perf_counter()
-    name = config.run_name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = pathlib.Path(config.out_dir) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    run_record = RunRecord.create(config.out_dir, "kimi-linear", config, stamp=config.run_name)
+    run_dir = run_record.dir
     base = match_mla_params(config.model) if config.match_params else config.model
     per_layer = mixer_params(base)
     schedules = {ratio: schedule_types(ratio, base.num_layers) for ratio in config.schedules}  # validate first
 
     # Language-model data: the embedded corpus, BPE trained on its train split.
-    train_docs, valid_docs = corpus.default_corpus("train"), corpus.default_corpus("validation")
-    tokenizer = tokenizer_lib.cached_bpe(train_docs, base.vocab_size, "pydoc")
-    if tokenizer.vocab_size != base.vocab_size:
-        raise ValueError(f"model.vocab_size={base.vocab_size} but the trained tokenizer has {tokenizer.vocab_size}")
     tcfg = config.train
-    train_windows = lm.pack_documents(tokenizer.encode_batch(train_docs), tcfg.seq_len, tokenizer.eos_id)
-    valid_windows = lm.pack_documents(tokenizer.encode_batch(valid_docs), tcfg.seq_len, tokenizer.eos_id)
-    eval_batch = min(tcfg.batch_size, len(valid_windows))
+    text = text_data(vocab_size=base.vocab_size, seq_len=tcfg.seq_len, batch_size=tcfg.batch_size, seed=tcfg.seed,
+                     tokenizer_name="pydoc")
 
     # MQAR data: same training and held-out sequences for every arm.
     mq = config.mqar
@@ -514,15 +492,10 @@ def run(config: Config) -> pathlib.Path:
                                "kda_layers": model_config.num_kda_layers, "mla_layers": model_config.num_mla_layers,
                                "params": params}
 
-        data = iter(lm.lm_dataset(train_windows, tcfg.batch_size, seed=tcfg.seed))
-
-        def lm_eval():
-            return iter(lm.lm_dataset(valid_windows, eval_batch, seed=0, shuffle=False, repeat=False))
-
         print(f"[{ratio}] LM: {params['total']:,} parameters ({params['activated']:,} activated)")
         t0 = time.perf_counter()
-        lm_model, lm_summary = train(model_config, tcfg, config.optimizer, data, run_dir / "lm" / arm_name,
-                                     eval_data=lm_eval, show_progress=config.show_progress,
+        lm_model, lm_summary = train(model_config, tcfg, config.optimizer, iter(text.dataset),
+                                     run_dir / "lm" / arm_name, eval_data=text.eval_data, show_progress=config.show_progress,
                                      extra_config={"schedule": ratio, "corpus": "pydoc_data.topics (PSF licence)"})
         arm["lm"] = _train_record(run_dir / "lm" / arm_name, lm_summary, time.perf_counter() - t0)
         arm["lm"]["tokens_seen"] = tcfg.steps * tcfg.batch_size * tcfg.seq_len
@@ -561,10 +534,10 @@ def run(config: Config) -> pathlib.Path:
     report = cache_report(config.cache_presets, config.cache_contexts)
     table = cache_table(report)
     (run_dir / "cache_bytes.md").write_text(table)
-    plot_loss_curves(arms, run_dir / "loss_curves.png")
-    plot_mqar(arms, 1.0 / mq.num_values, run_dir / "mqar_accuracy.png")
-    plot_cache_bytes(report, run_dir / "cache_bytes.png")
-    plot_decode(arms, run_dir / "decode_tokens_per_s.png", config.decode_batch)
+    run_record.save_plot(plot_loss_curves(arms), "loss_curves.png")
+    run_record.save_plot(plot_mqar(arms, 1.0 / mq.num_values), "mqar_accuracy.png")
+    run_record.save_plot(plot_cache_bytes(report), "cache_bytes.png")
+    run_record.save_plot(plot_decode(arms, config.decode_batch), "decode_tokens_per_s.png")
 
     wall = time.perf_counter() - started
     summary = {
@@ -593,7 +566,7 @@ def run(config: Config) -> pathlib.Path:
         "paper": PAPER,
         "wall_time_s": wall,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    run_record.write_summary(summary)
     print(table)
     print(f"kimi-linear: done in {wall:.0f} s -> {run_dir}")
     return run_dir

@@ -1,8 +1,10 @@
 """jaxstack: a JAX/Flax stack reimplementing ten recent AI systems.
 
-Tiers (DESIGN.md): ``jaxstack.pallas_kernels`` (pure functions on arrays, no Flax), ``jaxstack.layers``
-(Flax NNX modules), ``jaxstack.models`` (model families, configs, HF interop); plus ``inference``,
-``train``, ``data``, ``rl``, ``evals``, ``interp`` and ``agents``.
+Floors, bottom to top (README "Design notes"; enforced by the import-linter contract in pyproject.toml):
+``jaxstack.precision`` / ``config`` / ``runs`` (shared by all), ``jaxstack.pallas_kernels`` (pure functions
+on arrays, no Flax), ``jaxstack.layers`` (Flax NNX modules), ``jaxstack.models`` (model families, configs,
+checkpoint I/O), then ``train``, ``rl``, ``inference`` and ``data``, then ``evals`` and ``agents``, and on
+top the ``experiments`` package and the ``jaxstack`` CLI.
 """
 
 __version__ = "0.1.0"

@@ -8,19 +8,39 @@ experiments; ``jaxstack run <experiment> --help`` lists an experiment's fields.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import pathlib
 import subprocess
 import sys
 
 
+# `jaxstack run NAME` finds experiment modules through this entry-point group (pyproject.toml), so the
+# library never imports the experiments package itself; re-run `pip install -e .` after editing the group.
+EXPERIMENT_GROUP = "jaxstack.experiments"
+
+
+def _experiments() -> dict[str, importlib.metadata.EntryPoint]:
+    """Experiment name -> its entry point (nothing is imported)."""
+    return {entry.name: entry for entry in importlib.metadata.entry_points(group=EXPERIMENT_GROUP)}
+
+
+def _load_experiment(name: str):
+    """The experiment module registered as ``name``; ValueError listing the known names otherwise."""
+    experiments = _experiments()
+    if name not in experiments:
+        raise ValueError(f"experiment: unknown {name!r}; known experiments are {sorted(experiments)} (the "
+                         f"{EXPERIMENT_GROUP!r} entry points of the installed jaxstack; after editing pyproject.toml "
+                         "re-run `pip install -e .`)")
+    return experiments[name].load()
+
+
 def _epilog() -> str:
-    from experiments import available
     from jaxstack.models.configs import PRESETS
 
     return (
         "model presets: " + ", ".join(PRESETS) + "\n"
-        "experiments:   " + ", ".join(available()) + "  (jaxstack run NAME --preset tiny|paper)\n"
+        "experiments:   " + ", ".join(sorted(_experiments())) + "  (jaxstack run NAME --preset tiny|paper)\n"
         "overrides:     --model.FIELD=VALUE --train.FIELD=VALUE --optimizer.FIELD=VALUE (train);\n"
         "               --FIELD=VALUE / --section.FIELD=VALUE on an experiment's Config (run)"
     )
@@ -47,10 +67,11 @@ def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
 
 def cmd_train(args, overrides: dict[str, str]) -> int:
     from jaxstack.config import apply_overrides
-    from jaxstack.data import corpus, lm, tokenizer as tokenizer_lib
+    from jaxstack.data.lm import text_data
+    from jaxstack.data.tokenizer import load_tokenizer
     from jaxstack.models.configs import get_config
     from jaxstack.train.optimizers import OptimizerConfig
-    from jaxstack.train.trainer import TrainConfig, train
+    from jaxstack.train.trainer import NonFiniteTrainingError, TrainConfig, train
 
     _distributed(args)
     bundle = {"model": get_config(args.model), "train": TrainConfig(), "optimizer": OptimizerConfig()}
@@ -58,35 +79,15 @@ def cmd_train(args, overrides: dict[str, str]) -> int:
         section, _, field = key.partition(".")
         if section not in bundle or not field:
             raise ValueError(f"--{key}: expected --model.FIELD, --train.FIELD or --optimizer.FIELD")
-        bundle[section] = apply_overrides(bundle[section], {field: value})
+        bundle[section] = apply_overrides(bundle[section], {field: value}, prefix=f"{section}.")
     model_config, train_config, optimizer_config = bundle["model"], bundle["train"], bundle["optimizer"]
 
-    if args.text_dir:
-        from jaxstack.evals.guard import assert_not_eval_data
-
-        assert_not_eval_data(args.text_dir)  # evaluation-only sets (Global PIQA) never become training data
-        files = sorted(pathlib.Path(args.text_dir).rglob("*.txt"))
-        if not files:
-            raise FileNotFoundError(f"--text-dir: no .txt files under {args.text_dir}")
-        documents = [f.read_text(encoding="utf-8") for f in files]
-        train_docs = [d for i, d in enumerate(documents) if i % 20 != 19] or documents
-        valid_docs = [d for i, d in enumerate(documents) if i % 20 == 19]
-    else:
-        train_docs, valid_docs = corpus.default_corpus("train"), corpus.default_corpus("validation")
-    if args.tokenizer:
-        tokenizer = tokenizer_lib.load_tokenizer(args.tokenizer)
-    else:
-        tokenizer = tokenizer_lib.cached_bpe(train_docs, model_config.vocab_size, "train")
-    if tokenizer.vocab_size > model_config.vocab_size:
-        raise ValueError(f"--model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
-                         f"{tokenizer.vocab_size} tokens")
-    windows = lm.pack_documents(tokenizer.encode_batch(train_docs), train_config.seq_len, tokenizer.eos_id)
-    data = iter(lm.lm_dataset(windows, train_config.batch_size, seed=train_config.seed))
-    eval_data = None
-    if valid_docs:
-        valid = lm.pack_documents(tokenizer.encode_batch(valid_docs), train_config.seq_len, tokenizer.eos_id)
-        eval_batch = min(train_config.batch_size, len(valid))
-        eval_data = lambda: iter(lm.lm_dataset(valid, eval_batch, seed=0, shuffle=False, repeat=False))  # noqa: E731
+    # text_data refuses a --text-dir of evaluation-only data (jaxstack.data.guard)
+    text = text_data(args.text_dir or None, vocab_size=model_config.vocab_size, seq_len=train_config.seq_len,
+                     batch_size=train_config.batch_size, seed=train_config.seed,
+                     tokenizer=load_tokenizer(args.tokenizer) if args.tokenizer else None, tokenizer_name="train",
+                     exact_vocab=False, preflight=args.preflight)
+    tokenizer, data, eval_data = text.tokenizer, iter(text.dataset), text.eval_data
     run_dir = pathlib.Path(args.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     import jax
@@ -94,8 +95,12 @@ def cmd_train(args, overrides: dict[str, str]) -> int:
     main_process = jax.process_index() == 0
     if main_process:
         tokenizer.save(run_dir / "tokenizer.json")
-    _, summary = train(model_config, train_config, optimizer_config, data, run_dir, eval_data=eval_data,
-                       show_progress=not args.no_progress)
+    try:
+        _, summary = train(model_config, train_config, optimizer_config, data, run_dir, eval_data=eval_data,
+                           show_progress=not args.no_progress, allow_config_change=args.allow_config_change)
+    except NonFiniteTrainingError as error:  # the run failed (not a usage error): exit status 1
+        print(f"jaxstack train: error: {error}", file=sys.stderr)
+        return 1
     if main_process and (run_dir / "hf").exists():
         tokenizer.save(run_dir / "hf" / "tokenizer.json")
     if main_process:
@@ -106,7 +111,7 @@ def cmd_train(args, overrides: dict[str, str]) -> int:
 def cmd_generate(args, overrides: dict[str, str]) -> int:
     from jaxstack.data.tokenizer import load_tokenizer
     from jaxstack.inference import SamplingConfig, generate
-    from jaxstack.models.hf import load_pretrained
+    from jaxstack.models.checkpoint import load_pretrained
 
     if overrides:
         raise ValueError(f"generate: unexpected options {sorted(overrides)}")
@@ -124,11 +129,10 @@ def cmd_generate(args, overrides: dict[str, str]) -> int:
 
 
 def cmd_run(args, overrides: dict[str, str]) -> int:
-    import experiments
     from jaxstack.config import apply_overrides, to_dict
 
     _distributed(args)
-    module = experiments.load(args.experiment)
+    module = _load_experiment(args.experiment)
     presets = getattr(module, "PRESETS", {})
     if args.preset not in presets:
         raise ValueError(f"--preset: {args.experiment} has presets {sorted(presets)}, not {args.preset!r}")
@@ -142,12 +146,17 @@ def cmd_run(args, overrides: dict[str, str]) -> int:
     return 0
 
 
+# The project's own benchmarks (benchmarks/NAME.py); `jaxstack bench` runs these and nothing else.
+BENCHMARKS = ("data_pipeline", "eval_throughput", "kda", "train_step")
+
+
 def cmd_bench(args, overrides: dict[str, str]) -> int:
-    root = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
-    script = root / f"{args.name.replace('-', '_')}.py"
-    if not script.exists():
-        known = sorted(p.stem for p in root.glob("*.py")) if root.exists() else []
-        raise ValueError(f"bench: no benchmark {args.name!r} (benchmarks need a source checkout); known: {known}")
+    name = args.name.replace("-", "_")
+    if name not in BENCHMARKS:
+        raise ValueError(f"bench: unknown benchmark {args.name!r}; expected one of {list(BENCHMARKS)}")
+    script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    if not script.is_file():
+        raise ValueError(f"bench: {script} is missing (benchmarks need a source checkout of jaxstack)")
     extra = [f"--{k}={v}" for k, v in overrides.items()]
     return subprocess.call([sys.executable, str(script), *extra])
 
@@ -166,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--text-dir", help="directory of .txt files (default: the embedded corpus)")
     train.add_argument("--tokenizer", help="tokenizer.json to use (default: train a byte-level BPE)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--preflight", action=argparse.BooleanOptionalAction, default=True,
+                       help="read every --text-dir file before training and report all undecodable ones at once")
+    train.add_argument("--allow-config-change", action="store_true",
+                       help="resume even though run-defining fields differ from the run's config.json (the "
+                            "change is recorded in config_changes.jsonl)")
     _add_distributed_flags(train)
 
     gen = sub.add_parser("generate", help="sample from a local HF-format model directory")
@@ -186,16 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
     _add_distributed_flags(run)
 
-    bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/")
-    bench.add_argument("name", nargs="?", default="train_step")
+    bench = sub.add_parser("bench", help="run one of the project's benchmarks (benchmarks/NAME.py)")
+    bench.add_argument("name", nargs="?", default="train_step", help="one of: " + ", ".join(BENCHMARKS))
 
     from jaxstack.data.adp.cli import add_subparser as add_adp
 
     add_adp(sub)
 
-    from jaxstack.evals.cli import add_subparsers as add_eval_and_serve
+    from jaxstack.evals.cli import add_subparsers as add_eval
+    from jaxstack.inference.cli import add_subparser as add_serve
 
-    add_eval_and_serve(sub)
+    add_eval(sub)
+    add_serve(sub)
     return parser
 
 
@@ -211,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"adp: unrecognised arguments {rest}")
         return run_adp(args)
     if args.command in ("eval", "serve"):
-        from jaxstack.evals.cli import run_eval, run_serve
+        from jaxstack.evals.cli import run_eval
+        from jaxstack.inference.cli import run_serve
 
         if rest:
             parser.error(f"{args.command}: unrecognised arguments {rest}")

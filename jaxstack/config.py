@@ -2,7 +2,9 @@
 
 ``apply_overrides(config, {"model.num_layers": "4", "optimizer.learning_rate": "1e-3"})`` returns a
 new config with the fields replaced, parsing each string by the field's declared type. Unknown
-fields and unparsable values raise ``ValueError`` naming the dotted key and the expected form.
+fields, unparsable values and values the config's own checks reject raise ``ValueError`` naming the
+flag as typed (``--train.steps``, also when a caller applies a section's overrides with
+``prefix="train."``) and the expected form.
 """
 
 from __future__ import annotations
@@ -55,10 +57,14 @@ def _parse(value: str, annotation: Any, key: str) -> Any:
     raise ValueError(f"--{key}: fields of type {annotation} cannot be set from the command line")
 
 
-def apply_overrides(config, overrides: dict[str, str]):
-    """Returns ``config`` with dotted ``overrides`` applied (values are strings from the CLI)."""
+def apply_overrides(config, overrides: dict[str, str], *, prefix: str = ""):
+    """Returns ``config`` with dotted ``overrides`` applied (values are strings from the CLI).
+
+    prefix: the dotted path of ``config`` on the command line (``"train."`` when the keys of
+    ``--train.steps=...`` arrive as ``steps``), so that errors name the flag as the user typed it.
+    """
     for key, value in overrides.items():
-        config = _apply_one(config, key.split("."), value, key)
+        config = _apply_one(config, key.split("."), value, prefix + key)
     return config
 
 
@@ -73,7 +79,12 @@ def _apply_one(config, parts: list[str], value: str, key: str):
     if len(parts) > 1:
         return dataclasses.replace(config, **{name: _apply_one(current, parts[1:], value, key)})
     hints = typing.get_type_hints(type(config))
-    return dataclasses.replace(config, **{name: _parse(value, hints[name], key)})
+    parsed = _parse(value, hints[name], key)
+    try:
+        return dataclasses.replace(config, **{name: parsed})
+    except ValueError as error:  # the config's own checks (__post_init__), e.g. "train.steps: expected ..."
+        message = str(error)
+        raise ValueError(f"--{message}" if message.startswith(f"{key}:") else f"--{key}: {message}") from error
 
 
 def to_dict(config) -> Any:

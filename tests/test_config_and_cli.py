@@ -1,6 +1,7 @@
 """Dotted overrides, the CLI surface, precision presets, schedules, tokenizer and packing."""
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -53,7 +54,18 @@ def test_cli_reports_bad_experiment(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "no-such-experiment"])
     assert exit_info.value.code == 2
-    assert "no-such-experiment" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no-such-experiment" in err and "'demo'" in err and "'smollm2-mixture'" in err  # the known names
+
+
+def test_cli_finds_experiments_without_importing_them():
+    code = ("import json, sys; from jaxstack.cli import _experiments, _load_experiment; names = sorted(_experiments()); "
+            "assert 'experiments' not in sys.modules, 'imported at discovery'; "
+            "assert _load_experiment('gap').__name__ == 'experiments.gap'; print(json.dumps(names))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout) == ["adp", "agentfold", "demo", "gap", "kimi-linear", "precision-rl",
+                                      "smollm2-mixture"]
 
 
 def test_policy_presets():

@@ -1,13 +1,33 @@
 """The embedded default corpus: text every Python install carries, so demos and tests need no download.
 
 ``pydoc_topics``: CPython's ``pydoc_data.topics`` (the language reference's help topics, ~465k
-characters of English technical prose; PSF licence), split into paragraph-sized documents. A fixed,
-deterministic split holds out every 20th document for evaluation.
+characters of English technical prose; PSF licence), split into paragraph-sized documents.
+
+:func:`heldout_split` is jaxstack's one held-out rule for a list of documents (every 20th document
+is validation); the default corpus, the embedded corpus' text sources and ``jaxstack train
+--text-dir`` all split with it.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import TypeVar
+
+_Document = TypeVar("_Document")
+
+#: document ``i`` of a list is held out for validation iff ``i % HELDOUT_EVERY == HELDOUT_EVERY - 1``
+HELDOUT_EVERY = 20
+
+
+def heldout_split(documents: Sequence[_Document], split: str) -> list[_Document]:
+    """The ``"train"`` or ``"validation"`` part of ``documents`` (order kept): every 20th document
+    (index ``i % 20 == 19``) is validation, the rest is training; fewer than 20 documents leave the
+    validation part empty. Deterministic and independent of the documents' content."""
+    if split not in ("train", "validation"):
+        raise ValueError(f"split: expected 'train' or 'validation', got {split!r}")
+    held_out = split == "validation"
+    return [d for i, d in enumerate(documents) if (i % HELDOUT_EVERY == HELDOUT_EVERY - 1) == held_out]
 
 
 def pydoc_topics() -> list[str]:
@@ -38,7 +58,4 @@ def default_corpus(split: str = "train") -> list[str]:
     if split not in ("train", "validation", "all"):
         raise ValueError(f"split: expected 'train', 'validation' or 'all', got {split!r}")
     documents = pydoc_topics()
-    if split == "all":
-        return documents
-    held_out = split == "validation"
-    return [d for i, d in enumerate(documents) if (i % 20 == 19) == held_out]
+    return documents if split == "all" else heldout_split(documents, split)

@@ -29,7 +29,7 @@ import sysconfig
 
 import grain
 
-from jaxstack.data.corpus import pydoc_topics
+from jaxstack.data.corpus import heldout_split, pydoc_topics
 from jaxstack.data.sources import ArrayRecordSource, write_array_record
 from jaxstack.data.tokenizer import cache_dir
 
@@ -130,9 +130,7 @@ def literature_documents(max_chars: int, doc_chars: int) -> list[str]:
 
 def _every_20th(documents: list[str], split: str) -> list[str]:
     """Exact duplicates dropped (pydoc topics repeat some paragraphs), then every 20th document held out."""
-    documents = list(dict.fromkeys(documents))
-    held_out = split == "validation"
-    return [d for i, d in enumerate(documents) if (i % 20 == 19) == held_out]
+    return heldout_split(list(dict.fromkeys(documents)), split)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pathlib
 import zlib
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import grain
 import numpy as np
 
-if TYPE_CHECKING:  # the pipeline itself needs no jax (mp_prefetch workers import this module)
-    from jaxstack.train.optimizers import OptimizerConfig
+# an OptimizerConfig (jaxstack.train.optimizers): data sits beside train and does not import it (no cycle)
+_OptimizerConfig = TypeVar("_OptimizerConfig")
 
 # ----------------------------------------------------------------------------------------------------
 # Schedules
@@ -156,9 +157,10 @@ class StageSchedule:
         bounds = self.stage_steps(tokens_per_step)
         return sum(end - start for (start, end), st in zip(bounds, self.stages) if st.lr_phase == "decay")
 
-    def optimizer_config(self, base: OptimizerConfig, tokens_per_step: int) -> OptimizerConfig:
-        """``base`` with a WSD schedule whose linear decay starts exactly at the first decay stage
-        (``make_schedule(config, total_steps(tokens_per_step))``)."""
+    def optimizer_config(self, base: _OptimizerConfig, tokens_per_step: int) -> _OptimizerConfig:
+        """``base`` (a :class:`jaxstack.train.optimizers.OptimizerConfig`) with a WSD schedule whose
+        linear decay starts exactly at the first decay stage (``make_schedule(config,
+        total_steps(tokens_per_step))``)."""
         total = self.total_steps(tokens_per_step)
         fraction = self.decay_steps(tokens_per_step) / total
         config = dataclasses.replace(base, schedule="wsd", decay_fraction=fraction)
@@ -565,7 +567,11 @@ def get_schedule(name: str) -> StageSchedule:
 
 
 def load_documents(spec: SourceSpec, split: str = "train") -> grain.MapDataset:
-    """The documents of a source spec as a ``grain.MapDataset`` of texts."""
+    """The documents of a source spec as a ``grain.MapDataset`` of texts.
+
+    Raises EvalDataError (:mod:`jaxstack.data.guard`) for evaluation-only data: the file sources
+    check every file they read, and a TFDS source's prepared dataset directory is checked before it
+    is opened."""
     if spec.format == "embedded":
         from jaxstack.data.embedded import embedded_source
 
@@ -573,9 +579,12 @@ def load_documents(spec: SourceSpec, split: str = "train") -> grain.MapDataset:
     if spec.path is None:
         raise ValueError(f"source {spec.name!r}: no path set; map it with schedule.with_paths({{{spec.name!r}: PATH}})")
     if spec.format == "tfds":
-        from jaxstack.data.tfds_builders import tfds_text_source
+        from jaxstack.data.guard import assert_not_eval_data
+        from jaxstack.data.tfds_builders import BUILDER_NAME, tfds_text_source
 
-        return tfds_text_source(spec.tfds_name or spec.name, split, data_dir=spec.path)
+        name = spec.tfds_name or spec.name
+        assert_not_eval_data(pathlib.Path(spec.path) / BUILDER_NAME / name)  # this dataset, not all of data_dir
+        return tfds_text_source(name, split, data_dir=spec.path)
     from jaxstack.data.sources import text_source
 
     path = spec.path if split == "train" else spec.validation_path

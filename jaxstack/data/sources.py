@@ -8,14 +8,19 @@ Every source is random access (``len`` + ``__getitem__``), so Grain can shuffle,
 * a missing file or an empty glob -> ``FileNotFoundError`` naming the path;
 * a source without records -> :class:`EmptySourceError` naming the path;
 * a record that cannot be decoded (bad JSON, bad UTF-8, missing or non-string text field) ->
-  :class:`CorruptRecordError` naming the file and the record index (raised when that record is read).
+  :class:`CorruptRecordError` naming the file and the record index (raised when that record is read,
+  or up front for every bad record at once by :func:`validate_records` / ``text_source(..., preflight=True)``);
+* a file of evaluation-only data (Global PIQA) -> :class:`~jaxstack.data.guard.EvalDataError` naming
+  the file: every resolved file goes through :func:`~jaxstack.data.guard.assert_not_eval_data`.
 
 ArrayRecord records written by :func:`write_array_record` are UTF-8 JSON objects
-(``{"text": ...}``), one per record, ``group_size:1`` for fast random access.
+(``{"text": ...}``), one per record, ``group_size:1`` for fast random access. Text is UTF-8; a
+leading byte-order mark (UTF-8 BOM, as some Windows editors write) is accepted and dropped.
 """
 
 from __future__ import annotations
 
+import codecs
 import glob
 import json
 import pathlib
@@ -24,6 +29,8 @@ from typing import Any
 
 import grain
 import numpy as np
+
+from jaxstack.data.guard import assert_not_eval_data
 
 
 class CorruptRecordError(ValueError):
@@ -61,10 +68,19 @@ def resolve_paths(paths: str | pathlib.Path | Sequence[str | pathlib.Path], *, s
     return files
 
 
+def _training_files(paths, *, suffixes: Sequence[str]) -> list[str]:
+    """:func:`resolve_paths`, then the eval-data guard on every file, so that no source reads
+    evaluation-only data (raises EvalDataError naming the file)."""
+    files = resolve_paths(paths, suffixes=suffixes)
+    for file in files:
+        assert_not_eval_data(file)
+    return files
+
+
 def _json_text(raw: bytes, text_field: str, where: str) -> str:
     """The text field of one UTF-8 JSON record (JSONL line or ArrayRecord entry); errors name ``where``."""
     try:
-        record = json.loads(raw.decode("utf-8"))
+        record = json.loads(raw.decode("utf-8-sig"))  # -sig: a BOM opening the file (or record) is dropped
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CorruptRecordError(f"{where}: not valid UTF-8 JSON ({error})") from None
     return _text_of(record, text_field, where)
@@ -89,14 +105,14 @@ class JsonlSource:
     access, so a bad line raises :class:`CorruptRecordError` with its index and line number."""
 
     def __init__(self, paths, *, text_field: str = "text"):
-        self.files = resolve_paths(paths, suffixes=(".jsonl", ".json"))
+        self.files = _training_files(paths, suffixes=(".jsonl", ".json"))
         self.text_field = text_field
         self._index: list[tuple[int, int, int]] = []  # (file, byte offset, line number)
         for f, path in enumerate(self.files):
             offset = 0
             with open(path, "rb") as handle:
                 for line_number, line in enumerate(handle, start=1):
-                    if line.strip():
+                    if line.removeprefix(codecs.BOM_UTF8).strip():
                         self._index.append((f, offset, line_number))
                     offset += len(line)
         if not self._index:
@@ -128,7 +144,7 @@ class ParquetSource:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        self.files = resolve_paths(paths, suffixes=(".parquet",))
+        self.files = _training_files(paths, suffixes=(".parquet",))
         self.text_field = text_field
         columns, self._starts = [], [0]
         for path in self.files:
@@ -167,7 +183,7 @@ class ArrayRecordSource:
     with ``grain.sources.ArrayRecordDataSource``."""
 
     def __init__(self, paths, *, text_field: str = "text"):
-        self.files = resolve_paths(paths, suffixes=(".array_record",))
+        self.files = _training_files(paths, suffixes=(".array_record",))
         self.text_field = text_field
         try:
             self._source = grain.sources.ArrayRecordDataSource(self.files)
@@ -193,6 +209,34 @@ class ArrayRecordSource:
         return f"ArrayRecordSource({len(self.files)} files, {len(self)} records)"
 
 
+_LISTED_PROBLEMS = 50  # a pre-flight report lists this many bad records, then counts the rest
+
+
+def report_bad_records(problems: Sequence[str], what: str) -> None:
+    """Raises one CorruptRecordError listing every problem (file + line or record) found in ``what``;
+    nothing when ``problems`` is empty."""
+    if not problems:
+        return
+    listed = "\n".join(f"  {p}" for p in problems[:_LISTED_PROBLEMS])
+    more = f"\n  ... and {len(problems) - _LISTED_PROBLEMS} more" if len(problems) > _LISTED_PROBLEMS else ""
+    raise CorruptRecordError(f"{what}: {len(problems)} bad record{'s' if len(problems) > 1 else ''} "
+                             f"(pre-flight check of every record):\n{listed}{more}")
+
+
+def validate_records(source: JsonlSource | ParquetSource | ArrayRecordSource) -> int:
+    """Reads every record of ``source`` once, before training, so that a bad record fails the run at
+    the start rather than at the batch that first reads it. Returns the number of records; raises
+    CorruptRecordError listing every bad record (file, record index and line) at once."""
+    problems = []
+    for index in range(len(source)):
+        try:
+            source[index]
+        except CorruptRecordError as error:
+            problems.append(str(error))
+    report_bad_records(problems, f"source {getattr(source, 'files', source)}")
+    return len(source)
+
+
 FORMATS = {"jsonl": JsonlSource, "parquet": ParquetSource, "array_record": ArrayRecordSource}
 
 
@@ -204,16 +248,20 @@ def _format_of(path: str) -> str:
     raise ValueError(f"source: cannot infer the format of {path!r}; pass format='jsonl', 'parquet' or 'array_record'")
 
 
-def text_source(paths, *, format: str = "auto", text_field: str = "text") -> grain.MapDataset:
+def text_source(paths, *, format: str = "auto", text_field: str = "text", preflight: bool = False) -> grain.MapDataset:
     """A ``grain.MapDataset`` of document texts from local files.
 
     paths: a file, glob, directory or list of those. format: 'jsonl', 'parquet', 'array_record' or
-    'auto' (from the first file's name)."""
+    'auto' (from the first file's name). preflight: read every record now and report all bad ones
+    at once (:func:`validate_records`) instead of each when it is first read."""
     if format == "auto":
         format = _format_of(resolve_paths(paths)[0])
     if format not in FORMATS:
         raise ValueError(f"source.format: expected one of {sorted(FORMATS)} or 'auto', got {format!r}")
-    return grain.MapDataset.source(FORMATS[format](paths, text_field=text_field))
+    source = FORMATS[format](paths, text_field=text_field)
+    if preflight:
+        validate_records(source)
+    return grain.MapDataset.source(source)
 
 
 def write_array_record(path: str | pathlib.Path, texts: Iterable[str], *, text_field: str = "text") -> int:

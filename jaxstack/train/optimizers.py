@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import optax
@@ -36,8 +37,21 @@ class OptimizerConfig:
             raise ValueError(f"optimizer.decay_fraction: expected a value in [0, 1], got {self.decay_fraction}")
         if self.warmup_steps < 0:
             raise ValueError(f"optimizer.warmup_steps: expected >= 0, got {self.warmup_steps}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"optimizer.learning_rate: expected > 0, got {self.learning_rate}")
+        # NaN compares False with everything, so each check is written as "not in the valid range"
+        _check_range("learning_rate", self.learning_rate, "a finite positive number", lambda v: v > 0)
+        _check_range("min_lr", self.min_lr, "a finite number >= 0", lambda v: v >= 0)
+        _check_range("b1", self.b1, "a number in [0, 1)", lambda v: 0 <= v < 1)
+        _check_range("b2", self.b2, "a number in [0, 1)", lambda v: 0 <= v < 1)
+        _check_range("eps", self.eps, "a finite positive number", lambda v: v > 0)
+        _check_range("weight_decay", self.weight_decay, "a finite number >= 0", lambda v: v >= 0)
+        if self.clip_norm is not None:
+            _check_range("clip_norm", self.clip_norm, "a finite positive number or None", lambda v: v > 0)
+
+
+def _check_range(name: str, value: float, expected: str, valid) -> None:
+    """Raises ``optimizer.NAME: expected EXPECTED, got VALUE`` unless ``value`` is finite and ``valid``."""
+    if not (math.isfinite(value) and valid(value)):
+        raise ValueError(f"optimizer.{name}: expected {expected}, got {value}")
 
 
 def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:

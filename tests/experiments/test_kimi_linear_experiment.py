@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import experiments.kimi_linear as kl
-from jaxstack.models.kimi_linear import get_kimi_config
+from jaxstack.models.configs import get_kimi_config
 
 
 def test_mqar_answers_are_the_values_paired_with_the_queried_keys():

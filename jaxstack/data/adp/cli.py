@@ -2,9 +2,13 @@
 
 Wire it into the ``jaxstack`` CLI with :func:`add_subparser` (``jaxstack adp ...``), or run it
 alone with ``python -m jaxstack.data.adp.cli ...``. Inputs and outputs are JSONL files or ``-``
-(stdin / stdout). Bad rows are reported on stderr as ``<file>:<line>: <stage>: <reason>`` and
-skipped; the exit status is 1 when any row failed (0 otherwise), so a pipeline can stop on it.
-Large files show a progress bar on stderr when it is a terminal.
+(stdin / stdout). Bad rows (a line that is not UTF-8 or not JSON included) are reported on stderr as
+``<file>:<line>: <stage>: <reason>`` and skipped, by every command that reads rows (``convert``,
+``validate``, ``export``, ``qc``, ``stats``; ``mix``, which copies lines verbatim, leaves out the
+lines that are not UTF-8); a file and stdin behave the same. Each of these commands ends with a
+JSON summary line on stderr (``rows_read``, ``rows_failed``, ... per input), and the exit status is
+1 when any row failed (0 otherwise), so a pipeline can stop on it. Large files show a progress bar
+on stderr when it is a terminal.
 
 Examples::
 
@@ -33,11 +37,14 @@ PROGRESS_MIN_BYTES = 8 << 20
 
 @contextlib.contextmanager
 def _open_in(path: str) -> Iterator[tuple[Any, str]]:
+    from jaxstack.data.adp.stream import open_jsonl
+
     if path == "-":
-        yield sys.stdin, "<stdin>"
+        with open_jsonl(path) as handle:
+            yield handle, "<stdin>"
         return
     size = os.path.getsize(path)
-    with open(path, encoding="utf-8") as handle:
+    with open_jsonl(path) as handle:
         if size >= PROGRESS_MIN_BYTES and sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -45,7 +52,7 @@ def _open_in(path: str) -> Iterator[tuple[Any, str]]:
 
                 def lines() -> Iterator[str]:
                     for line in handle:
-                        bar.update(len(line.encode("utf-8")))
+                        bar.update(len(line.encode("utf-8", "surrogateescape")))
                         yield line
 
                 yield lines(), path
@@ -73,8 +80,8 @@ def _named_inputs(values: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _summary(command: str, report: Any) -> None:
-    print(json.dumps({"command": command, **report.as_dict()}, sort_keys=True), file=sys.stderr)
+def _summary(command: str, report: Any, **extra: Any) -> None:
+    print(json.dumps({"command": command, **extra, **report.as_dict()}, sort_keys=True), file=sys.stderr)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -127,15 +134,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_qc(args: argparse.Namespace) -> int:
     """SFT quality checks per input file."""
-    from jaxstack.data.adp.quality import check_conversations
+    from jaxstack.data.adp.quality import check_conversations, sft_record
+    from jaxstack.data.adp.stream import StreamReport, iter_records
 
     results, failed = {}, False
     for name, path in _named_inputs(args.inputs):
-        with _open_in(path) as (lines, _):
-            records = (json.loads(line) for line in lines if line.strip())
+        rows = StreamReport()
+        with _open_in(path) as (lines, source):
+            records = iter_records(lines, parse=sft_record, stage="SFT record", report=rows, err=sys.stderr,
+                                   source=source)
             report = check_conversations(records, harness=args.harness)
+        _summary("qc", rows, input=name)
         results[name] = report.as_dict()
-        failed |= not report.passed
+        failed |= not report.passed or rows.rows_failed > 0
     print(json.dumps(results, indent=2, sort_keys=True))
     return int(failed)
 
@@ -144,31 +155,46 @@ def cmd_stats(args: argparse.Namespace) -> int:
     """Table-2 statistics per input file."""
     from jaxstack.data.adp.schema import trajectory_model
     from jaxstack.data.adp.stats import dataset_stats, overall, stats_table
+    from jaxstack.data.adp.stream import StreamReport, iter_records
 
     model = trajectory_model(args.schema_version)
-    per_dataset = {}
+    per_dataset, failed = {}, False
     for name, path in _named_inputs(args.inputs):
-        with _open_in(path) as (lines, _):
-            per_dataset[name] = dataset_stats(model.model_validate_json(line) for line in lines if line.strip())
+        rows = StreamReport()
+        with _open_in(path) as (lines, source):
+            records = iter_records(lines, parse=model.model_validate, stage="ADP schema", report=rows,
+                                   err=sys.stderr, source=source)
+            per_dataset[name] = dataset_stats(records)
+        _summary("stats", rows, input=name)
+        failed |= rows.rows_failed > 0
     if args.markdown:
         print(stats_table(per_dataset), end="")
     else:
         result = {name: stats.as_dict() for name, stats in sorted(per_dataset.items())}
         result["overall"] = overall(per_dataset)
         print(json.dumps(result, indent=2, sort_keys=True))
-    return 0
+    return int(failed)
 
 
 def cmd_mix(args: argparse.Namespace) -> int:
     """Mix JSONL files with ``ceil(w * n)`` examples each; writes the chosen lines."""
     from jaxstack.data.adp.mixture import PAPER_WEIGHTS, mixture_plan, weight_for
+    from jaxstack.data.adp.stream import RowProblem, decode_line
 
     weights = PAPER_WEIGHTS if args.weights == "paper" else json.loads(args.weights)
     inputs = dict(_named_inputs(args.inputs))
     rows: dict[str, list[str]] = {}
+    undecodable = 0
     for name, path in sorted(inputs.items()):
-        with _open_in(path) as (lines, _):
-            rows[name] = [line if line.endswith("\n") else line + "\n" for line in lines if line.strip()]
+        rows[name] = []
+        with _open_in(path) as (lines, source):
+            for number, line in enumerate(lines, start=1):
+                text, reason = decode_line(line)
+                if reason is not None:  # lines are copied verbatim: one that is not UTF-8 is left out
+                    print(RowProblem(number, "invalid UTF-8", reason).render(source), file=sys.stderr)
+                    undecodable += 1
+                elif text.strip():
+                    rows[name].append(text if text.endswith("\n") else text + "\n")
     plan = mixture_plan(
         {name: len(lines) for name, lines in rows.items()},
         weights,
@@ -186,8 +212,9 @@ def cmd_mix(args: argparse.Namespace) -> int:
         name: {"n": len(rows[name]), "weight": weight_for(name, weights), "sampled": counts.get(name, 0)}
         for name in sorted(rows)
     }
-    print(json.dumps({"command": "mix", "seed": args.seed, "datasets": summary}, sort_keys=True), file=sys.stderr)
-    return 0
+    print(json.dumps({"command": "mix", "seed": args.seed, "datasets": summary, "rows_failed": undecodable},
+                     sort_keys=True), file=sys.stderr)
+    return int(undecodable > 0)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

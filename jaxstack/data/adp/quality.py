@@ -77,6 +77,26 @@ class QualityReport:
         return out
 
 
+def sft_record(value: Any) -> dict[str, Any]:
+    """``value`` if it has the shape the checks read, ``{"conversations": [{"from": str, "value":
+    str}, ...]}``; else ``ValueError`` naming the first offending field (``qc`` reports and skips
+    such a row, stage ``SFT record``)."""
+    if not isinstance(value, dict):
+        raise ValueError(f'expected an object {{"conversations": [...]}}, got {type(value).__name__}')
+    messages = value.get("conversations", [])
+    if not isinstance(messages, list):
+        raise ValueError(f"conversations: expected a list of messages, got {type(messages).__name__}")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ValueError(f'conversations[{index}]: expected an object {{"from", "value"}}, '
+                             f"got {type(message).__name__}")
+        for key in ("from", "value"):
+            if not isinstance(message.get(key, ""), str):
+                raise ValueError(f"conversations[{index}].{key}: expected a string, "
+                                 f"got {type(message[key]).__name__}")
+    return value
+
+
 def check_conversations(records: Iterable[dict[str, Any]], harness: str = "openhands") -> QualityReport:
     """Run the checks over exported records of one dataset (see the module docstring)."""
     if harness not in VALID_TOOLS:

@@ -398,11 +398,6 @@ def finish_content(item: Any) -> str | None:
     return match.group(1).strip() if match else None
 
 
-def is_action(item: Any) -> bool:
-    """Whether ``item`` is an action (api, code or message)."""
-    return isinstance(item, Action)
-
-
 def upgrade(
     trajectory: Trajectory,
     *,

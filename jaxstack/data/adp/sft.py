@@ -12,23 +12,20 @@ it works with any tokenizer (``tokenizers.Tokenizer.encode(...).ids``, a byte-le
    checkpointable iterator feeds ``jaxstack.train.trainer.train``; :func:`split_records` makes a
    held-out split by record id and :func:`chat_text` gives the text a tokenizer is trained on.
 
-The model-side half (tokenizer, trainer, sampling, parse rates) is :mod:`jaxstack.data.adp.sft_run`.
+The model-side half (tokenizer, trainer, sampling, parse rates) is :mod:`jaxstack.train.chat_sft`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-# The chat template and its loss-mask segments live in jaxstack.data.chat (the one chat template of
-# jaxstack); re-exported here for the ADP SFT path.
-from jaxstack.data.chat import CHATML, ROLES, ChatTemplate, Segment, render_segments  # noqa: F401
+# the one chat template of jaxstack and its loss-mask segments
+from jaxstack.data.chat import CHATML, ChatTemplate, render_segments
 
 
 @dataclass(frozen=True)
@@ -111,14 +108,6 @@ def pack_examples(
             positions[r, span] = np.arange(length)
             offset += length
     return {"tokens": tokens, "loss_mask": loss_mask, "segment_ids": segment_ids, "positions": positions}
-
-
-def read_chat_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Yield the chat records of an exported JSONL file (blank lines skipped)."""
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)
 
 
 def chat_text(record: dict[str, Any], template: ChatTemplate = CHATML) -> str:

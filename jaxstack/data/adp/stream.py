@@ -7,21 +7,29 @@ record) and is reported on the error stream as::
 
     <source>:<line>: <stage>: <reason>
 
-where ``line`` is the 1-based line number in the input and ``stage`` is one of ``invalid JSON``,
-``raw schema``, ``conversion``, ``ADP schema``, ``API binding``, ``export`` or ``skipped`` (a row
-deliberately filtered out by a converter, e.g. an unsuccessful SWE-smith trajectory). Processing
-continues with the next line. Blank lines are ignored. Outputs are deterministic: the same input
-gives byte-identical output.
+where ``line`` is the 1-based line number in the input and ``stage`` is one of ``invalid UTF-8``,
+``invalid JSON``, ``raw schema``, ``conversion``, ``ADP schema``, ``API binding``, ``export``,
+``SFT record`` or ``skipped`` (a row deliberately filtered out by a converter, e.g. an unsuccessful
+SWE-smith trajectory). Processing continues with the next line. Blank lines are ignored. Outputs are
+deterministic: the same input gives byte-identical output.
+
+Lines may be ``bytes`` or ``str``. Open inputs with :func:`open_jsonl` (a file or ``-`` for stdin,
+decoded with ``errors="surrogateescape"``) so that a line that is not UTF-8 reaches the stream and
+is reported as ``invalid UTF-8`` with its line number, the same for a file and for stdin, instead
+of a decoding error that stops the whole input.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -89,16 +97,60 @@ class StreamReport:
         }
 
 
-def iter_json_lines(lines: Iterable[str]) -> Iterator[tuple[int, Any, str | None]]:
-    """Yield ``(line_number, value, error)`` for each non-blank line; ``error`` is set (and
-    ``value`` is ``None``) when the line is not valid JSON."""
+T = TypeVar("T")
+
+# What errors="surrogateescape" makes of an undecodable byte b: the lone surrogate U+DC00 + b.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+@contextlib.contextmanager
+def open_jsonl(path: str) -> Iterator[TextIO]:
+    """Text lines of the file ``path`` (or stdin for ``-``) with undecodable bytes kept as
+    surrogate escapes, for the streams to report (``invalid UTF-8``) instead of failing."""
+    if path != "-":
+        with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+            yield handle
+        return
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # stdin replaced by a text stream (tests, notebooks): already decoded
+        yield sys.stdin
+        return
+    wrapper = io.TextIOWrapper(buffer, encoding="utf-8", errors="surrogateescape")
+    try:
+        yield wrapper
+    finally:
+        wrapper.detach()  # leave sys.stdin's buffer open
+
+
+def decode_line(line: str | bytes) -> tuple[str | None, str | None]:
+    """(text, None), or (None, reason) when ``line`` is not UTF-8 (bytes, or text holding the
+    surrogate escapes of :func:`open_jsonl`); the reason names the first bad byte."""
+    if isinstance(line, bytes):
+        try:
+            return line.decode("utf-8"), None
+        except UnicodeDecodeError as error:
+            return None, f"byte 0x{line[error.start]:02x} at byte {error.start + 1} is not valid UTF-8"
+    if not line.isascii() and (match := _UNDECODABLE.search(line)):
+        byte = ord(match.group()) - 0xDC00
+        return None, f"byte 0x{byte:02x} at column {match.start() + 1} is not valid UTF-8"
+    return line, None
+
+
+def iter_json_lines(lines: Iterable[str | bytes]) -> Iterator[tuple[int, Any, tuple[str, str] | None]]:
+    """Yield ``(line_number, value, problem)`` for each non-blank line; ``problem`` is
+    ``(stage, reason)`` (and ``value`` is ``None``) when the line is not UTF-8 (stage
+    ``invalid UTF-8``) or not valid JSON (``invalid JSON``)."""
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
+        text, utf8_error = decode_line(line)
+        if utf8_error is not None:
+            yield number, None, ("invalid UTF-8", utf8_error)
+            continue
+        if not text.strip():
             continue
         try:
-            yield number, json.loads(line), None
+            yield number, json.loads(text), None
         except json.JSONDecodeError as error:
-            yield number, None, f"{error.msg} at column {error.colno}"
+            yield number, None, ("invalid JSON", f"{error.msg} at column {error.colno}")
 
 
 class _Reporter:
@@ -110,6 +162,17 @@ class _Reporter:
         self.report.problems.append(problem)
         if self.err is not None:
             print(problem.render(self.source), file=self.err)
+
+
+def _parsed_lines(lines: Iterable[str | bytes], report: StreamReport, problem: _Reporter) -> Iterator[tuple[int, Any]]:
+    """``(line_number, value)`` of each line that decodes and parses; every non-blank line counts in
+    ``report.rows_read`` and one that does not parse is reported at its stage and skipped."""
+    for number, value, line_problem in iter_json_lines(lines):
+        report.rows_read += 1
+        if line_problem is not None:
+            problem(number, *line_problem)
+            continue
+        yield number, value
 
 
 def dump_line(record: BaseModel | dict[str, Any]) -> str:
@@ -137,11 +200,7 @@ def convert_stream(
     """
     report = StreamReport()
     problem = _Reporter(report, err, source)
-    for number, value, json_error in iter_json_lines(lines):
-        report.rows_read += 1
-        if json_error is not None:
-            problem(number, "invalid JSON", json_error)
-            continue
+    for number, value in _parsed_lines(lines, report, problem):
         try:
             raw = raw_model.model_validate(value)
         except ValidationError as error:
@@ -193,11 +252,7 @@ def validate_stream(
     report = StreamReport()
     problem = _Reporter(report, err, source)
     model = trajectory_model(version)
-    for number, value, json_error in iter_json_lines(lines):
-        report.rows_read += 1
-        if json_error is not None:
-            problem(number, "invalid JSON", json_error)
-            continue
+    for number, value in _parsed_lines(lines, report, problem):
         try:
             trajectory = model.model_validate(value)
         except ValidationError as error:
@@ -237,11 +292,7 @@ def map_stream(
     report = StreamReport()
     problem = _Reporter(report, err, source)
     model = trajectory_model(version)
-    for number, value, json_error in iter_json_lines(lines):
-        report.rows_read += 1
-        if json_error is not None:
-            problem(number, "invalid JSON", json_error)
-            continue
+    for number, value in _parsed_lines(lines, report, problem):
         try:
             trajectory = model.model_validate(value)
         except ValidationError as error:
@@ -255,3 +306,32 @@ def map_stream(
         out.write(dump_line(record))
         report.rows_written += 1
     return report
+
+
+def iter_records(
+    lines: Iterable[str | bytes],
+    *,
+    parse: Callable[[Any], T],
+    stage: str,
+    report: StreamReport,
+    err: TextIO | None = sys.stderr,
+    source: str = "<stdin>",
+) -> Iterator[T]:
+    """Yield ``parse(value)`` for each JSON line, counting rows in ``report``.
+
+    A line that is not UTF-8, not JSON, or that ``parse`` rejects with a ``ValueError`` (pydantic
+    errors included) is reported at its stage (``stage`` for ``parse``) and skipped, so readers
+    such as ``qc`` and ``stats`` go on past a bad line.
+    """
+    problem = _Reporter(report, err, source)
+    for number, value in _parsed_lines(lines, report, problem):
+        try:
+            record = parse(value)
+        except ValidationError as error:
+            problem(number, stage, format_validation_error(error))
+            continue
+        except ValueError as error:
+            problem(number, stage, str(error))
+            continue
+        report.rows_written += 1
+        yield record

@@ -10,12 +10,8 @@ from adp_helpers import raw_path
 
 from jaxstack.data.adp import to_chat
 from jaxstack.data.adp.cli import main
-from jaxstack.data.adp.sft import (
-    CHATML,
-    pack_examples,
-    render_segments,
-    tokenize_example,
-)
+from jaxstack.data.adp.sft import pack_examples, tokenize_example
+from jaxstack.data.chat import CHATML, render_segments
 
 
 def test_cli_pipeline(tmp_path, capsys):
@@ -107,7 +103,7 @@ def test_experiment_data_preset(tmp_path):
     from experiments.adp import PRESETS, Config, run
 
     assert isinstance(PRESETS["tiny"], Config) and PRESETS["tiny"].train
-    run_dir = run(dataclasses.replace(PRESETS["data"], out_root=str(tmp_path)))
+    run_dir = run(dataclasses.replace(PRESETS["data"], out_dir=str(tmp_path)))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert json.loads((run_dir / "config.json").read_text())["train"] is False
     assert summary["chat_action_parse_rate"] == 1.0
@@ -115,5 +111,5 @@ def test_experiment_data_preset(tmp_path):
     assert summary["quality"]["openhands"]["swe_gym"]["passed"] is True
     assert summary["mixture"]["swe_gym"] == {"n": 1, "weight": 3.0, "sampled": 3}
     assert (run_dir / "std" / "synatra.jsonl").exists() and (run_dir / "stats.md").exists()
-    again = run(dataclasses.replace(PRESETS["data"], out_root=str(tmp_path)))
-    assert again != run_dir and len(list(tmp_path.iterdir())) == 2  # same-second runs get distinct directories
+    again = run(dataclasses.replace(PRESETS["data"], out_dir=str(tmp_path)))
+    assert again != run_dir and len(list((tmp_path / "adp").iterdir())) == 2  # same-second runs: distinct directories

@@ -17,12 +17,13 @@ from jaxstack.data.adp.sft import (
     split_records,
     tokenize_example,
 )
+from jaxstack.models.checkpoint import save_pretrained
 from jaxstack.models.configs import get_config
-from jaxstack.models.hf import save_pretrained
 from jaxstack.models.llama import LlamaForCausalLM
 from jaxstack.precision import get_policy
+from jaxstack.runs import read_metrics
 from jaxstack.train.optimizers import OptimizerConfig
-from jaxstack.train.trainer import TrainConfig, initial_model, read_metrics, train
+from jaxstack.train.trainer import TrainConfig, initial_model, train
 
 
 def _bytes(text: str) -> list[int]:
@@ -152,59 +153,48 @@ def test_classify_action():
             classify_action(bad)
 
 
-def _records(n: int) -> list[dict]:
-    """Synthetic chat records with a learnable reply format: the tool to call is named in the task."""
-    tools = ("ls", "cat", "grep")
-    out = []
-    for i in range(n):
-        tool = tools[i % 3]
-        out.append({"id": f"rec{i}", "messages": [
-            {"role": "system", "content": "Reply with one tool call."},
-            {"role": "user", "content": f"Task {i}: use {tool} on file{i}.txt"},
-            {"role": "assistant", "content": f'<tool_call>\n{{"name": "{tool}", "arguments": {{"path": "file{i}.txt"}}}}\n</tool_call>'},
-            {"role": "tool", "content": f"contents of file{i}.txt"},
-            {"role": "assistant", "content": f"<finish> done {i} </finish>"},
-        ]})
-    return out
-
-
-@pytest.mark.slow
-def test_train_chat_sft_learns_the_reply_format(tmp_path):
-    from experiments.adp import classify_action
-    from jaxstack.data.adp.sft_run import train_chat_sft
-
-    train_records, eval_records = split_records(_records(24), 0.25, seed=0)
-    summary = train_chat_sft(
-        train_records, eval_records, model_config=get_config("llama-test", vocab_size=320),
-        train_config=TrainConfig(steps=40, batch_size=8, seq_len=128, log_every=5, eval_every=20, checkpoint_every=40),
-        optimizer_config=OptimizerConfig(learning_rate=1e-2, warmup_steps=5), run_dir=tmp_path / "sft",
-        classify=classify_action, tokenizer_name="test-sft", max_new_tokens=40, max_prompts=6, show_progress=False)
-    assert summary["data"]["heldout_ids"] == 6 and summary["data"]["train_ids"] == 18
-    assert summary["train_loss_last"] < 0.5 * summary["train_loss_first"]
-    assert summary["heldout_loss_final"] < 0.5 * summary["heldout_loss_initial"]
-    before, after = summary["parse_before"]["heldout"], summary["parse_after"]["heldout"]
-    assert after["n"] == before["n"] == 6
-    assert after["valid"] > before["valid"] and after["kind_match"] >= 0.5
-    for name in ("loss.png", "metrics.jsonl", "samples.jsonl", "sft_summary.json", "tokenizer.json", "hf/config.json"):
-        assert (tmp_path / "sft" / name).exists(), name
-    samples = [json.loads(line) for line in (tmp_path / "sft" / "samples.jsonl").read_text().splitlines()]
-    assert {s["model"] for s in samples} == {"initial", "trained"} and len(samples) == 24
-
-
 @pytest.mark.slow
 def test_experiment_tiny_preset_trains_and_reports(tmp_path):
     import dataclasses
 
-    from experiments.adp import PRESETS, run
+    from experiments.adp import PRESETS, SFT_CLAIMS, run
 
     config = PRESETS["tiny"]
-    config = dataclasses.replace(config, out_root=str(tmp_path), show_progress=False, max_prompts=4,
-                                 max_new_tokens=16, trainer=dataclasses.replace(config.trainer, steps=10, batch_size=8))
+    config = dataclasses.replace(config, out_dir=str(tmp_path), show_progress=False, max_prompts=4, max_new_tokens=16,
+                                 seeds=(0, 1), trainer=dataclasses.replace(config.trainer, steps=10, batch_size=8,
+                                                                           eval_every=5))
     run_dir = run(config)
     sft = json.loads((run_dir / "summary.json").read_text())["sft"]
-    assert sft["steps"] == 10 and sft["train_loss_last"] < sft["train_loss_first"]
-    assert sft["data"]["heldout_ids"] >= 1 and sft["parse_after"]["heldout"]["n"] >= 1
-    assert (run_dir / "sft_train" / "loss.png").exists()
+    assert sft["seeds"] == [0, 1] and set(sft["per_seed"]) == {"0", "1"}
+    for seed in sft["per_seed"].values():
+        assert seed["train_loss_last"] < seed["train_loss_first"] and seed["parse_after"]["heldout"]["n"] >= 1
+        assert seed["heldout_loss_min"] <= seed["heldout_loss_final"]
+        assert seed["heldout_loss_min_step"] in (0, 5, 10) and seed["early_stopping"]["patience"] == 2
+    assert sft["per_seed"]["0"]["train_loss_first"] != sft["per_seed"]["1"]["train_loss_first"]  # seeds differ
+    assert sft["data"]["heldout_ids"] >= 1
+    assert sft["mean"]["heldout_loss_min"]["per_seed"] == [s["heldout_loss_min"] for s in sft["per_seed"].values()]
+    assert sft["verdict"] in ("reproduced", "partially", "not reproduced") and set(sft["claims"]) == set(SFT_CLAIMS)
+    assert (run_dir / "sft_train" / "seed1" / "loss.png").exists() and (run_dir / "sft.png").exists()
+
+
+def _seed_summary(loss_initial, loss_final, kind_before, kind_after):
+    return {"heldout_loss_initial": loss_initial, "heldout_loss_final": loss_final,
+            "parse_before": {"heldout": {"kind_match": kind_before}}, "parse_after": {"heldout": {"kind_match": kind_after}}}
+
+
+def test_sft_verdicts_can_fail():
+    """The headline verdict says 'not reproduced' when SFT changes nothing, 'partially' when only the
+    loss falls, and needs more than one seed (no standard error otherwise)."""
+    from experiments.adp import sft_verdicts
+
+    unchanged = sft_verdicts([_seed_summary(5.0 + d, 5.0 + d, 0.25, 0.25) for d in (0.0, 0.1, -0.1)])
+    assert unchanged["verdict"] == "not reproduced" and not any(c["holds"] for c in unchanged["claims"].values())
+    loss_only = sft_verdicts([_seed_summary(5.0, 3.0 + d, 0.25, 0.25 + d) for d in (0.0, 0.1, -0.1)])
+    assert loss_only["claims"]["sft_lowers_heldout_loss"]["holds"]
+    assert loss_only["verdict"] == "partially"  # kind match +0.0 +- 0.06
+    both = sft_verdicts([_seed_summary(5.0, 3.0 + d, 0.25, 0.75 + d) for d in (0.0, 0.1, -0.1)])
+    assert both["verdict"] == "reproduced"
+    assert sft_verdicts([_seed_summary(5.0, 1.0, 0.0, 1.0)])["verdict"] == "not reproduced"  # one seed: no SE
 
 
 def test_paper_preset_needs_a_pretrained_directory(tmp_path):
@@ -213,7 +203,7 @@ def test_paper_preset_needs_a_pretrained_directory(tmp_path):
     from experiments.adp import PRESETS, run
 
     with pytest.raises(ValueError, match="init_from: .* needs a local Hugging Face model directory"):
-        run(dataclasses.replace(PRESETS["paper"], out_root=str(tmp_path)))
+        run(dataclasses.replace(PRESETS["paper"], out_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="has no tokenizer.json"):
-        run(dataclasses.replace(PRESETS["paper"], out_root=str(tmp_path), init_from=str(tmp_path)))
+        run(dataclasses.replace(PRESETS["paper"], out_dir=str(tmp_path), init_from=str(tmp_path)))
     assert not list(tmp_path.iterdir())  # checked before any work

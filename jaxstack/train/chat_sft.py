@@ -1,5 +1,5 @@
-"""SFT in JAX on chat records: tokenizer, packed Grain batches, the foundation trainer, and the
-parse rate of sampled actions.
+"""Chat SFT in JAX: tokenizer, packed Grain batches, the foundation trainer, and the parse rate of
+sampled actions.
 
 :func:`train_chat_sft` is shared by the ADP experiment (exported chat JSONL, actions parsed back
 into ADP) and the AgentFold experiment (oracle ``(context, response)`` examples, responses parsed
@@ -14,21 +14,25 @@ by the AgentFold parser). It
 3. measures the held-out masked loss (assistant tokens only) of the initial and the trained model
    over *all* held-out rows;
 4. samples one reply per assistant turn of held-out (and, for comparison, training) records with
-   :class:`jaxstack.agents.llm.JaxstackModelClient` -- before and after training -- and reports
-   the share that ends with ``<|im_end|>``, parses, has the reference's action kind, and equals
-   the reference exactly.
+   the caller's sampling client (``make_client``, e.g. :class:`jaxstack.agents.llm.JaxstackModelClient`:
+   agents sit a floor above train, so the experiment passes it in) -- before and after training --
+   and reports the share that ends with ``<|im_end|>``, parses, has the reference's action kind,
+   and equals the reference exactly.
+
+The model-free half (chat template, loss mask, packing, held-out split) is :mod:`jaxstack.data.adp.sft`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+from flax import nnx
 
 from jaxstack.data.adp.sft import (
     chat_text,
@@ -36,9 +40,20 @@ from jaxstack.data.adp.sft import (
     sft_dataset,
     tokenize_example,
 )
+from jaxstack.data.tokenizer import cached_bpe
+from jaxstack.precision import get_policy
+from jaxstack.runs import RunRecord
+from jaxstack.train.step import make_batch, token_cross_entropy
+from jaxstack.train.trainer import initial_model, train
 
 #: ``classify(text, record, turn_index) -> kind``; raises ValueError when ``text`` does not parse.
 Classifier = Callable[[str, dict, int], str]
+
+#: ``make_client(model, tokenizer, *, max_new_tokens, max_prompt_tokens) -> client`` where
+#: ``client.complete_batch(list_of_messages, max_tokens=N)`` returns one completion per prompt with
+#: ``.text``, ``.finish_reason`` (``"stop"`` or ``"length"``) and ``.completion_tokens``
+#: (:class:`jaxstack.agents.llm.JaxstackModelClient` is one).
+ClientFactory = Callable[..., Any]
 
 REQUIRED_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 
@@ -47,11 +62,6 @@ def masked_loss(model, rows: dict[str, np.ndarray], batch_size: int = 8) -> tupl
     """(mean next-token cross-entropy over loss-masked targets, number of such targets) of ``model``
     on packed rows ``[R, seq_len + 1]`` -- the trainer's loss, over every row (a ragged last batch
     included)."""
-    import jax
-    from flax import nnx
-
-    from jaxstack.train.step import make_batch, token_cross_entropy
-
     graphdef, state = nnx.split(model)
 
     @jax.jit
@@ -143,6 +153,7 @@ def train_chat_sft(
     optimizer_config,
     run_dir: str | pathlib.Path,
     classify: Classifier,
+    make_client: ClientFactory,
     tokenizer=None,
     tokenizer_name: str = "chat-sft",
     overlong: str = "truncate",
@@ -152,8 +163,10 @@ def train_chat_sft(
     extra_config: dict | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Fine-tunes a jaxstack model on chat records and returns (and writes ``sft_summary.json``) the
-    record: losses, held-out loss before/after, parse rates before/after, sizes, durations.
+    """Fine-tunes a jaxstack model on chat records and returns (and merges into ``summary.json`` under ``sft``) the
+    record: losses, held-out loss before/after (``heldout_loss_final`` is the returned model's: the last
+    step's, or with ``train.early_stopping_patience`` the best evaluation's, at ``heldout_loss_final_step``),
+    the minimum over the run's evaluations and its step, parse rates before/after, sizes, durations.
 
     Args:
       train_records, eval_records: ``{"id", "messages"}`` chat records (held-out ids disjoint).
@@ -161,6 +174,8 @@ def train_chat_sft(
         ``train_config.seq_len`` is the packed row length (rows hold ``seq_len + 1`` tokens).
       run_dir: the trainer's run directory (metrics.jsonl, loss.png, hf/, tokenizer.json, samples).
       classify: parses a reply into an action kind (ValueError when it does not parse).
+      make_client: builds the greedy sampling client of a model (see :data:`ClientFactory`); called
+        with ``max_new_tokens`` and ``max_prompt_tokens = max(16, train.seq_len - max_new_tokens)``.
       tokenizer: a jaxstack ``Tokenizer``; None trains a byte-level BPE of ``model_config.vocab_size``
         tokens on the training text (the model's vocab is shrunk to the BPE's size if the corpus
         is too small to fill it).
@@ -173,11 +188,6 @@ def train_chat_sft(
       ValueError: no training or held-out examples fit, a tokenizer without the ChatML markers or
         larger than the model's vocabulary, an unknown ``overlong``.
     """
-    from jaxstack.agents.llm import JaxstackModelClient
-    from jaxstack.data.tokenizer import cached_bpe
-    from jaxstack.precision import get_policy
-    from jaxstack.train.trainer import initial_model, train
-
     if overlong not in ("truncate", "drop"):
         raise ValueError(f"overlong: expected 'truncate' or 'drop', got {overlong!r}")
     if not train_records or not eval_records:
@@ -224,7 +234,7 @@ def train_chat_sft(
     max_prompt = max(16, train_config.seq_len - max_new_tokens)
 
     def score(model, tag):
-        client = JaxstackModelClient(model, tokenizer, max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt)
+        client = make_client(model, tokenizer, max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt)
         out, samples = {}, []
         for split, pairs in prompts.items():
             out[split], rows = sample_and_score(client, pairs, classify, max_new_tokens)
@@ -258,11 +268,17 @@ def train_chat_sft(
     after, trained_samples = score(model, "trained")
     sample_s = time.perf_counter() - t_sample
     samples += trained_samples
-    with open(run_dir / "samples.jsonl", "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
-
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    record = RunRecord.open(run_dir)
+    record.write_jsonl("samples.jsonl", samples)
+    metrics = record.read_metrics()
     losses = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
+    # The returned model is the last step's, or with early stopping the best evaluation's.
+    stopping = train_summary.get("early_stopping")
+    exported_step = stopping["best_step"] if stopping and stopping["best_step"] is not None else train_summary["steps_done"]
+    # The minimum held-out loss over the run's evaluations (and the exported model's): a final loss above
+    # the minimum is overfitting, which the final number alone would hide.
+    heldout = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m] + [(exported_step, final_loss)]
+    min_step, min_loss = min(heldout, key=lambda pair: pair[1])
     summary = {
         "model": {"num_params": model_config.num_params(), "vocab_size": model_config.vocab_size,
                   "init_from": train_config.init_from},
@@ -273,6 +289,10 @@ def train_chat_sft(
         "train_loss_curve": losses,
         "heldout_loss_initial": init_loss,
         "heldout_loss_final": final_loss,
+        "heldout_loss_final_step": exported_step,
+        "heldout_loss_min": min_loss,
+        "heldout_loss_min_step": min_step,
+        "early_stopping": stopping,
         "parse_before": before,
         "parse_after": after,
         "max_new_tokens": max_new_tokens,
@@ -281,5 +301,5 @@ def train_chat_sft(
         "files": {"loss_plot": str(run_dir / "loss.png"), "metrics": str(run_dir / "metrics.jsonl"),
                   "samples": str(run_dir / "samples.jsonl"), "model": str(run_dir / "hf")},
     }
-    (run_dir / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    record.write_summary({"sft": summary})
     return summary
