@@ -159,23 +159,32 @@ def _all_processes(ok: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
 
 
+def _is_abandoned_orbax_read(unraisable) -> bool:
+    """True for the unraisable exception of an Orbax read coroutine (or its task) that was dropped."""
+    obj = unraisable.object
+    coroutine = obj.get_coro() if hasattr(obj, "get_coro") else obj
+    code = getattr(coroutine, "cr_code", None)
+    return inspect.iscoroutine(coroutine) and code is not None and "orbax" in code.co_filename
+
+
 def _collect_abandoned_reads() -> None:
-    """Garbage-collects the array reads Orbax abandoned when one read of a step failed.
+    """Silences the array reads Orbax abandoned when one read of a step failed, and collects them.
 
     Orbax reads a step's arrays concurrently; when one read fails, the others are dropped, and each
     of their coroutines, once collected, prints "Exception ignored in: <coroutine ...>" with a
-    traceback of the same failure. The failure is reported once, by ``restore``; these are not."""
+    traceback of the same failure -- some only at a later collection. The failure is reported once,
+    by ``restore``; these are not. The filter stays installed for the process (it passes every other
+    unraisable exception on to the previous hook)."""
     previous = sys.unraisablehook
+    if not getattr(previous, "_jaxstack_orbax_filter", False):
 
-    def hook(unraisable) -> None:
-        if not inspect.iscoroutine(unraisable.object):
-            previous(unraisable)
+        def hook(unraisable) -> None:
+            if not _is_abandoned_orbax_read(unraisable):
+                previous(unraisable)
 
-    sys.unraisablehook = hook
-    try:
-        gc.collect()
-    finally:
-        sys.unraisablehook = previous
+        hook._jaxstack_orbax_filter = True
+        sys.unraisablehook = hook
+    gc.collect()
 
 
 def _failure_reason(error: BaseException, item_dir: pathlib.Path) -> str:

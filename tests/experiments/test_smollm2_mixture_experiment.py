@@ -15,6 +15,7 @@ SMALL_CORPUS = embedded.CorpusConfig(code_chars=60_000, literature_chars=10_000,
                                      math_validation_documents=60)
 
 
+@pytest.mark.slow  # 15-50 s of training runs on 2 cores; run by make test-all
 def test_mixture_experiment_leaves_a_complete_record(tmp_path):
     pytest.importorskip("jaxstack.evals")
     preset = exp.PRESETS["tiny"]

@@ -222,6 +222,7 @@ def test_corrupt_checkpoint_falls_back_and_resumes_bit_exact(killed_run, tmp_pat
     assert (resumed / "checkpoints" / "corrupt" / "4").is_dir()
 
 
+@pytest.mark.slow  # a second subprocess training run (~15 s); the torn-line warning itself is tested fast in test_fault_resume.py
 def test_torn_metrics_line_is_truncated_and_resume_is_bit_exact(killed_run, tmp_path):
     """The crash also tore the last metrics line (step 6): resume warns naming the file, drops the line
     with the rest of what followed the step-4 checkpoint, and logs the uninterrupted losses."""

@@ -78,6 +78,7 @@ def test_a_falling_held_out_loss_runs_to_the_end(tmp_path):
     assert _loss(model, TRAIN_ROWS) == pytest.approx(evals[best], rel=1e-5)
 
 
+@pytest.mark.slow  # 15-50 s of training runs on 2 cores; run by make test-all
 def test_resumed_early_stopping_matches_the_uninterrupted_run(tmp_path):
     """Stop the process at step 10 (after the best step 5), restart: the run stops at 15 as before and
     exports the step-5 parameters it reloads from ``best/``, bit for bit."""
