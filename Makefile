@@ -17,11 +17,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/jaxstack run demo --preset tiny
 
+# One pytest worker per core (at most 4: each holds its own jax runtime); PYTEST_WORKERS=0 runs serially.
+PYTEST_WORKERS ?= auto
+PYTEST_ARGS := -q -n $(PYTEST_WORKERS) --maxprocesses=4 --durations=15
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not gpu and not tpu"
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "not slow and not gpu and not tpu"
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not gpu and not tpu"
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "not gpu and not tpu"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py

@@ -4,6 +4,12 @@ The whole generation (prefill and a ``lax.scan`` over decode steps) is one jitte
 model's parameters; the graph definition and sampling settings are static. Prompts of different
 lengths are right-padded; each row's cache length is reset to its own prompt length after prefill,
 so padding is overwritten by generated tokens and never attended to.
+
+``generate(..., intervention=)`` applies an :class:`~jaxstack.layers.interventions.Intervention` in the
+prefill and in every decode step. Its window is in absolute positions (the prompt's tokens are
+0..len-1, the n-th generated token is at len + n - 1), so a window may start in the prompt or
+mid-generation. The intervention is a traced argument: new vectors or strengths reuse the compiled
+generation.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from jaxstack.layers.interventions import Intervention
 from jaxstack.models.llama import init_cache
 
 
@@ -89,11 +96,12 @@ def _select(logits: jax.Array, key: jax.Array, config: SamplingConfig):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "config", "cache_dtype"))
-def _generate(graphdef, state, prompt, prompt_lengths, key, *, config: SamplingConfig, cache_dtype):
+def _generate(graphdef, state, prompt, prompt_lengths, key, intervention=None, *, config: SamplingConfig,
+              cache_dtype):
     model = nnx.merge(graphdef, state)
     batch, prompt_len = prompt.shape
     cache = init_cache(model.config, batch, prompt_len + config.max_new_tokens, cache_dtype)
-    prefill = model(prompt, cache=cache)
+    prefill = model(prompt, cache=cache, intervention=intervention)
     rows = jnp.arange(batch)
     last_logits = prefill.logits[rows, prompt_lengths - 1]
     cache = prefill.cache.replace(lengths=prompt_lengths.astype(jnp.int32))
@@ -105,7 +113,7 @@ def _generate(graphdef, state, prompt, prompt_lengths, key, *, config: SamplingC
         token = jnp.where(done, 0, token)
         emitted = ~done
         done = done | jnp.isin(token, stop)
-        out = model(token[:, None], cache=cache)
+        out = model(token[:, None], cache=cache, intervention=intervention)
         # rows that are done keep their cache length (their extra writes are never attended to)
         new_cache = out.cache.replace(lengths=jnp.where(emitted, out.cache.lengths, cache.lengths))
         return (new_cache, out.logits[:, -1], done), (
@@ -134,6 +142,7 @@ def generate(
     seed: int | jax.Array = 0,
     cache_dtype=None,
     pad_length: int | None = None,
+    intervention: Intervention | None = None,
 ) -> Generation:
     """Generates continuations of ``prompts`` (lists of token ids, possibly of different lengths).
 
@@ -141,6 +150,8 @@ def generate(
     ``max(len(prompt)) + max_new_tokens`` slots in ``cache_dtype`` (default: the compute dtype).
     ``pad_length`` right-pads prompts to a fixed width (a server buckets widths so that it compiles
     once per bucket, not once per prompt length); the result does not depend on it.
+    ``intervention``: residual edits applied in the prefill and every decode step (rows b = B, one
+    per prompt, or 1 for all); its window is in absolute positions (see the module docstring).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("prompts: expected a non-empty list of non-empty token-id lists")
@@ -157,5 +168,7 @@ def generate(
     key = jax.random.key(seed) if isinstance(seed, int) else seed
     graphdef, state = nnx.split(model)
     cache_dtype = jnp.dtype(cache_dtype or model.policy.compute_dtype)
-    return _generate(graphdef, state, jnp.asarray(padded), jnp.asarray(lengths), key, config=config,
+    if intervention is not None:
+        intervention.validate(model.config.num_layers, len(prompts), model.config.hidden_size)
+    return _generate(graphdef, state, jnp.asarray(padded), jnp.asarray(lengths), key, intervention, config=config,
                      cache_dtype=cache_dtype)

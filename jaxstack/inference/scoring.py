@@ -18,6 +18,11 @@ Conventions, each matching lm-eval 0.4.x (``lm_eval/api/model.py``, ``lm_eval/mo
   the continuation already starts with it;
 * inputs longer than the model's context keep their last ``max_length + 1`` tokens (left truncation);
   this is counted and warned about, never silent.
+
+An :class:`~jaxstack.layers.interventions.Intervention` (``LoglikelihoodScorer(..., intervention=)``,
+``loglikelihoods(..., intervention=)``) edits every request's forward the same way (it must have one
+row, b = 1). Its window is in positions within each scored sequence (0 = its first token, after any
+left truncation); both layouts keep those positions, so prefix sharing stays on with an edit.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from jaxstack.inference.prefix_sharing import (
     tree_attention_allowed,
     tree_batch,
 )
+from jaxstack.layers.interventions import Intervention
 
 
 class LoglikelihoodBackend(Protocol):
@@ -220,9 +226,9 @@ def token_logprobs_reference(logits: np.ndarray, targets: np.ndarray) -> tuple[n
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "top_k"))
-def _forward_logprobs(graphdef, state, tokens, targets, *, top_k: int):
+def _forward_logprobs(graphdef, state, tokens, targets, intervention=None, *, top_k: int):
     model = nnx.merge(graphdef, state)
-    return token_logprobs(model(tokens).logits, targets, top_k)
+    return token_logprobs(model(tokens, intervention=intervention).logits, targets, top_k)
 
 
 def target_logprobs_and_greedy(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -242,16 +248,17 @@ def target_logprobs_and_greedy(logits: jax.Array, targets: jax.Array) -> tuple[j
 
 
 def _tree_scores_fn(graphdef, treedef):
-    """A jitted ``(state leaves, tokens, positions, segment_ids, branch_ids, indices, targets) ->
-    (target log-probs, is_greedy)`` for one model structure. It closes over the graph definition so
-    that a call hashes no GraphDef and flattens no nnx.State (a measurable share of a small model's
-    evaluation time)."""
+    """A jitted ``(state leaves, tokens, positions, segment_ids, branch_ids, indices, targets,
+    intervention=None) -> (target log-probs, is_greedy)`` for one model structure. It closes over the
+    graph definition so that a call hashes no GraphDef and flattens no nnx.State (a measurable share
+    of a small model's evaluation time)."""
 
     @jax.jit
-    def scores(leaves, tokens, positions, segment_ids, branch_ids, indices, targets):
+    def scores(leaves, tokens, positions, segment_ids, branch_ids, indices, targets, intervention=None):
         model = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
         allowed = tree_attention_allowed(segment_ids, branch_ids)
-        logits = model(tokens, positions, attention_allowed=allowed, logits_indices=indices).logits
+        logits = model(tokens, positions, attention_allowed=allowed, logits_indices=indices,
+                       intervention=intervention).logits
         return target_logprobs_and_greedy(logits, targets)
 
     return scores
@@ -328,15 +335,27 @@ class LoglikelihoodScorer:
     ``True`` when the model accepts ``attention_allowed`` / ``logits_indices`` (Llama family), else
     ``False`` (Kimi Linear: a recurrent state cannot branch); ``self.share_prefix`` says which.
     ``batch_size`` is rows per forward either way.
+
+    intervention: an Intervention with one row (b = 1), applied to every request (module docstring).
+    Prefix sharing stays on with it: the window is in positions within each request, which the tree
+    layout keeps (branches continue their context's positions); tested against the per-request path.
     """
 
     def __init__(self, model, tokenizer=None, *, max_length: int | None = None, batch_size: int = 16,
-                 min_bucket: int = 16, max_batch_tokens: int = 8192, share_prefix: bool | None = None):
+                 min_bucket: int = 16, max_batch_tokens: int = 8192, share_prefix: bool | None = None,
+                 intervention: Intervention | None = None):
         if batch_size <= 0:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
         if max_batch_tokens <= 0:
             raise ValueError(f"max_batch_tokens: expected a positive integer, got {max_batch_tokens}")
         self.max_batch_tokens = max_batch_tokens
+        if intervention is not None:
+            if intervention.batch != 1:
+                raise ValueError(f"intervention: the scorer applies one edit to every request, so it needs one row "
+                                 f"(vectors [L, 1, D]), got vectors of shape {list(intervention.vectors.shape)}")
+            config = model.config
+            intervention.validate(config.num_layers, 1, config.hidden_size)
+        self.intervention = intervention
         supported = supports_prefix_sharing(model)
         if share_prefix and not supported:
             raise ValueError(f"share_prefix: {type(model).__name__} does not accept attention_allowed / "
@@ -392,7 +411,7 @@ class LoglikelihoodScorer:
                 tokens[row, : len(sequence) - 1] = sequence[:-1]
                 targets[row, : len(sequence) - 1] = sequence[1:]
             outputs = _forward_logprobs(self.graphdef, self.state, jnp.asarray(tokens), jnp.asarray(targets),
-                                        top_k=top_k)
+                                        self.intervention, top_k=top_k)
             pending.append((rows, outputs))
             start += len(rows)
         scored: list[ScoredSequence | None] = [None] * len(distinct)
@@ -501,7 +520,7 @@ class LoglikelihoodScorer:
             scored = max(sum(piece.n_scored for piece in row) for row in packed)
             scored_length = _bucket_for(scored, bucket_lengths(max(scored, self.buckets[-1]), self.buckets[0]))
             arrays = tree_batch(packed, rows, row_length, scored_length)
-            outputs = self._tree_scores(self._leaves, *arrays[:6])
+            outputs = self._tree_scores(self._leaves, *arrays[:6], self.intervention)
             n_requests = sum(len(owners) for piece in pieces[start:start + taken] for _, owners in piece.branches)
             pending.append((arrays[6], outputs, n_requests))
             start += taken
@@ -509,17 +528,22 @@ class LoglikelihoodScorer:
 
 
 def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], *, batch_size: int = 16,
-                   progress: bool = True, max_length: int | None = None) -> list[tuple[float, bool]]:
+                   progress: bool = True, max_length: int | None = None,
+                   intervention: Intervention | None = None) -> list[tuple[float, bool]]:
     """lm-eval's ``loglikelihood``: per (context, continuation), (sum of continuation token log-probs
     given the context, whether every continuation token is the argmax).
 
     model: a jaxstack model (nnx.Module returning ModelOutput) or a backend with a ``loglikelihoods``
     method (e.g. :class:`jaxstack.inference.client.CompletionsClient`). tokenizer: a
-    ``jaxstack.data.tokenizer.Tokenizer`` (ignored for a backend).
+    ``jaxstack.data.tokenizer.Tokenizer`` (ignored for a backend). intervention: a one-row
+    Intervention applied to every request (see :class:`LoglikelihoodScorer`); not for a backend.
     """
     if is_loglikelihood_backend(model):
+        if intervention is not None:
+            raise ValueError("intervention: a remote scoring backend cannot apply an intervention; pass the model")
         return model.loglikelihoods(requests, batch_size=batch_size, progress=progress)
-    scorer = LoglikelihoodScorer(model, tokenizer, max_length=max_length, batch_size=batch_size)
+    scorer = LoglikelihoodScorer(model, tokenizer, max_length=max_length, batch_size=batch_size,
+                                 intervention=intervention)
     return scorer.loglikelihoods(requests, progress=progress)
 
 

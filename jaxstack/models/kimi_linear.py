@@ -14,6 +14,9 @@ Decode state is one explicit pytree, :class:`KimiCache`: per KDA layer a short-c
 recurrent state (fixed size, independent of context length), per MLA layer a latent cache of
 ``kv_lora_rank + qk_rope_head_dim`` values per token. :func:`cache_bytes` compares it with an all-MLA
 model of the same shape.
+
+``intervention=`` / ``capture=`` (:mod:`jaxstack.layers.interventions`) edit and read the residual
+stream around every block, KDA and MLA alike, in chunk and recurrent mode, with or without a cache.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from jaxstack.models.llama import ModelOutput  # shared output pytree (logits, c
 
 from jaxstack.layers.attention import param
 from jaxstack.layers.embedding import Embedding
+from jaxstack.layers.interventions import Capture, Intervention, LayerHooks, LayerIntervention
 from jaxstack.layers.kda import KDAState, KimiDeltaAttention
 from jaxstack.layers.mla import MultiHeadLatentAttention
 from jaxstack.layers.mlp import SwiGLU
@@ -121,24 +125,39 @@ class DecoderLayer(nnx.Module):
 
         Returns (x, new state or None).
         """
+        x, new_state, _, _ = self.parts(x, rope, segment_ids=segment_ids, state=state, mode=mode)
+        return x, new_state
+
+    def parts(self, x, rope, *, segment_ids=None, state=None, mode=None):
+        """As ``__call__``, also returning the block's two residual updates: (x, new state or None,
+        mixer output [B, T, d], FFN output [B, T, d])."""
         h = self.input_norm(x)
         if self.kind == "linear_attention":
             mixed, new_state = self.self_attn(h, state=state, mode=mode)
         else:
             mixed, new_state = self.self_attn(h, rope, segment_ids=segment_ids, cache=state)
         x = x + mixed
-        x = x + self.mlp(self.post_attention_norm(x))
-        return x, new_state
+        ffn = self.mlp(self.post_attention_norm(x))
+        x = x + ffn
+        return x, new_state, mixed, ffn
 
 
-def _layer_step(layer: DecoderLayer, x, rope, segment_ids, state, mode, layer_index: int):
-    """One layer. ``layer_index`` is where interventions / capture will hook in (DESIGN principle 5)."""
-    del layer_index
-    return layer(x, rope, segment_ids=segment_ids, state=state, mode=mode)
+def _layer_step(layer: DecoderLayer, x, rope, segment_ids, state, mode, layer_index: int,
+                hooks: LayerHooks | None = None, edit: LayerIntervention | None = None, buffers=None):
+    """One layer, with the call's intervention slice and captures (``layers.interventions.LayerHooks``).
+    Returns (x, new state or None, buffers)."""
+    if hooks is None:
+        x, new_state = layer(x, rope, segment_ids=segment_ids, state=state, mode=mode)
+        return x, new_state, buffers
+    x, buffers = hooks.before(x, layer_index, edit, buffers)
+    x, new_state, mixed, ffn = layer.parts(x, rope, segment_ids=segment_ids, state=state, mode=mode)
+    x, buffers = hooks.after(x, mixed, ffn, layer_index, edit, buffers)
+    return x, new_state, buffers
 
 
 class KimiLinearForCausalLM(nnx.Module):
-    """Hybrid KDA / MLA decoder LM. ``model(tokens, positions=None, *, segment_ids=None, cache=None, mode=None)``."""
+    """Hybrid KDA / MLA decoder LM. ``model(tokens, positions=None, *, segment_ids=None, cache=None, mode=None,
+    intervention=None, capture=None)``."""
 
     def __init__(self, config: KimiLinearConfig, *, policy: DtypePolicy | str | None = None, rngs: nnx.Rngs):
         self.config = config
@@ -164,26 +183,43 @@ class KimiLinearForCausalLM(nnx.Module):
         segment_ids: jax.Array | None = None,
         cache: KimiCache | None = None,
         mode: Mode | None = None,
+        intervention: Intervention | None = None,
+        capture: Capture | None = None,
     ) -> ModelOutput:
-        """tokens: ``[B, T]`` int. positions: ``[B, T]`` (only used by MLA without NoPE).
+        """tokens: ``[B, T]`` int. positions: ``[B, T]`` absolute positions (used by MLA without NoPE and
+        by intervention windows; default ``0..T-1``, or ``cache.lengths + t`` with a cache).
 
         segment_ids: ``[B, T]`` packed-sequence ids; not supported yet (KDA state would leak across
         documents), raises. cache: a :class:`KimiCache` to continue (the T tokens are appended).
         mode: KDA path, ``"chunk"`` (training / prefill) or ``"recurrent"`` (decode); default
         ``"recurrent"`` for one token with a cache, else ``"chunk"``.
-        Returns ModelOutput(logits [B, T, vocab] in policy.output_dtype, cache).
+        intervention: an :class:`~jaxstack.layers.interventions.Intervention` (residual edits per layer
+        and row over a window of absolute positions). capture: a
+        :class:`~jaxstack.layers.interventions.Capture`; ``output.captured[name]`` is [K, B, P, d]
+        ("attention" is the KDA or MLA mixer output, "mlp" the dense or MoE FFN output).
+        Returns ModelOutput(logits [B, T, vocab] in policy.output_dtype, cache, captured).
         """
         self._check_inputs(tokens, positions, segment_ids, cache, mode)
         config = self.config
         batch, length = tokens.shape
+        if intervention is not None:
+            intervention.validate(config.num_layers, batch, config.hidden_size)
+        if capture is not None:
+            capture.validate(config.num_layers, batch, length)
+        needs_rope = not config.mla_use_nope and config.qk_rope_head_dim and config.num_mla_layers
+        if positions is None and (needs_rope or intervention is not None):
+            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+            if cache is not None:
+                positions = positions + cache.lengths[:, None]
         rope = None
-        if not config.mla_use_nope and config.qk_rope_head_dim and config.num_mla_layers:
-            if positions is None:
-                positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-                if cache is not None:
-                    positions = positions + cache.lengths[:, None]
+        if needs_rope:
             rope = rope_angles(positions, config.qk_rope_head_dim, config.rope_theta, None, self.policy.accum_dtype)
+        hooks = None
+        if intervention is not None or capture is not None:
+            hooks = LayerHooks(positions, None if intervention is None else intervention.site, capture,
+                               config.num_layers)
         x = self.embed(tokens)
+        buffers = {} if hooks is None else hooks.init_buffers(batch, x.shape[-1], x.dtype, stacked=False)
         convs, recurrents, latents = [], [], []
         for index, layer in enumerate(self.layers):
             state = None
@@ -193,7 +229,8 @@ class KimiLinearForCausalLM(nnx.Module):
                     state = KDAState(conv=cache.conv[slot], recurrent=cache.recurrent[slot])
                 else:
                     state = (cache.latent[slot], cache.lengths)
-            x, new_state = _layer_step(layer, x, rope, segment_ids, state, mode, index)
+            edit = None if intervention is None else intervention.layer(index)
+            x, new_state, buffers = _layer_step(layer, x, rope, segment_ids, state, mode, index, hooks, edit, buffers)
             if cache is not None:
                 if layer.kind == "linear_attention":
                     convs.append(new_state.conv)
@@ -214,7 +251,8 @@ class KimiLinearForCausalLM(nnx.Module):
                 latent=jnp.stack(latents) if latents else cache.latent,
                 lengths=cache.lengths + length,
             )
-        return ModelOutput(logits=logits.astype(self.policy.output_dtype), cache=new_cache)
+        captured = None if hooks is None else hooks.finish(buffers)
+        return ModelOutput(logits=logits.astype(self.policy.output_dtype), cache=new_cache, captured=captured)
 
     def _check_inputs(self, tokens, positions, segment_ids, cache, mode):
         if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):

@@ -4,7 +4,9 @@ Read top to bottom: the cache and output pytrees, the decoder layer, the model. 
 either as a Python loop over ``nnx.List`` layers or as ``lax.scan`` over stacked parameters
 (``config.scan_layers``); both call the same ``_layer_step`` so they give identical logits. The
 layer index is passed into ``_layer_step`` as data (a traced integer under scan), which is where
-per-layer interventions and activation capture hook in without retracing per setting.
+per-layer interventions and activation capture hook in without retracing per setting
+(``intervention=`` / ``capture=``, :mod:`jaxstack.layers.interventions`; under scan the intervention's
+per-layer slice is a scan input and the capture buffer [K, B, P, D] rides in the carry).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from flax import nnx, struct
 
 from jaxstack.layers.attention import Attention, param
 from jaxstack.layers.embedding import Embedding
+from jaxstack.layers.interventions import Capture, Intervention, LayerHooks, LayerIntervention
 from jaxstack.layers.mlp import SwiGLU
 from jaxstack.layers.norms import RMSNorm
 from jaxstack.layers.options import TRAINING_KERNELS, KernelOptions
@@ -45,10 +48,12 @@ class KVCache:
 @struct.dataclass
 class ModelOutput:
     """logits: [B, T, V] (policy.output_dtype); cache: the model's updated decode state (KVCache here,
-    KimiCache for Kimi Linear) or None. Shared by every model family."""
+    KimiCache for Kimi Linear) or None; captured: with ``capture=``, ``{name: [K, B, P, D]}`` (see
+    :class:`jaxstack.layers.interventions.Capture`), else None. Shared by every model family."""
 
     logits: jax.Array
     cache: Any = None
+    captured: dict[str, jax.Array] | None = None
 
 
 def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype: Any = jnp.float32) -> KVCache:
@@ -88,6 +93,15 @@ class DecoderLayer(nnx.Module):
         values still come from all T); returns x [B, P, D]. Used for the last layer when only some
         positions' logits are wanted. kernels: the kernel options (``layers.options``).
         """
+        x, new_cache, _, _ = self.parts(x, rope, segment_ids=segment_ids, cache=cache,
+                                        attention_allowed=attention_allowed, query_indices=query_indices,
+                                        kernels=kernels)
+        return x, new_cache
+
+    def parts(self, x, rope, *, segment_ids=None, cache=None, attention_allowed=None, query_indices=None,
+              kernels: KernelOptions = TRAINING_KERNELS):
+        """As ``__call__``, also returning the block's two residual updates: (x, new cache, attention
+        output [B, T or P, D], MLP output [B, T or P, D])."""
         chunks = kernels.norm_chunks
         attended, new_cache = self.attention(self.input_norm(x, chunks=chunks), rope, segment_ids=segment_ids,
                                              cache=cache, attention_allowed=attention_allowed,
@@ -95,23 +109,35 @@ class DecoderLayer(nnx.Module):
         if query_indices is not None:
             x = jnp.take_along_axis(x, query_indices[:, :, None], axis=1)
         x = x + attended
-        x = x + self.mlp(self.post_attention_norm(x, chunks=chunks))
-        return x, new_cache
+        mlp_out = self.mlp(self.post_attention_norm(x, chunks=chunks))
+        x = x + mlp_out
+        return x, new_cache, attended, mlp_out
 
 
 def _layer_step(layer: DecoderLayer, x, rope, masks, layer_cache, lengths, layer_index, query_indices=None,
-                kernels: KernelOptions = TRAINING_KERNELS):
-    """One layer. ``masks`` = (segment_ids, attention_allowed). ``layer_index`` is data (traced under
-    scan): interventions/capture hook in here."""
-    del layer_index  # reserved for interventions / capture (DESIGN principle 5)
+                kernels: KernelOptions = TRAINING_KERNELS, hooks: LayerHooks | None = None,
+                edit: LayerIntervention | None = None, buffers=None):
+    """One layer. ``masks`` = (segment_ids, attention_allowed). ``layer_index`` is data (a Python int
+    in the loop, traced under scan). hooks / edit / buffers: the call's intervention and capture
+    (``layers.interventions.LayerHooks``), this layer's intervention slice, the capture buffers.
+    Returns (x, (k, v) or None, buffers)."""
     cache = None if layer_cache is None else (layer_cache[0], layer_cache[1], lengths)
     segment_ids, allowed = masks
-    return layer(x, rope, segment_ids=segment_ids, cache=cache, attention_allowed=allowed,
-                 query_indices=query_indices, kernels=kernels)
+    if hooks is None:
+        x, new_cache = layer(x, rope, segment_ids=segment_ids, cache=cache, attention_allowed=allowed,
+                             query_indices=query_indices, kernels=kernels)
+        return x, new_cache, buffers
+    x, buffers = hooks.before(x, layer_index, edit, buffers)
+    x, new_cache, attended, mlp_out = layer.parts(x, rope, segment_ids=segment_ids, cache=cache,
+                                                  attention_allowed=allowed, query_indices=query_indices,
+                                                  kernels=kernels)
+    x, buffers = hooks.after(x, attended, mlp_out, layer_index, edit, buffers, query_indices)
+    return x, new_cache, buffers
 
 
 class LlamaForCausalLM(nnx.Module):
-    """Decoder-only LM. ``model(tokens, positions=None, *, segment_ids=None, cache=None)``."""
+    """Decoder-only LM. ``model(tokens, positions=None, *, segment_ids=None, cache=None,
+    intervention=None, capture=None)``."""
 
     def __init__(self, config: LlamaConfig, *, policy: DtypePolicy | str | None = None, rngs: nnx.Rngs):
         self.config = config
@@ -139,6 +165,8 @@ class LlamaForCausalLM(nnx.Module):
         attention_allowed: jax.Array | None = None,
         logits_indices: jax.Array | None = None,
         kernels: KernelOptions = TRAINING_KERNELS,
+        intervention: Intervention | None = None,
+        capture: Capture | None = None,
     ) -> ModelOutput:
         """tokens: [B, T] int. positions: [B, T] int (default: 0..T-1, or continuing the cache).
 
@@ -154,12 +182,24 @@ class LlamaForCausalLM(nnx.Module):
         not), and the LM head runs on P positions instead of T.
         kernels: which implementation of the same math to run (``layers.options.KernelOptions``: fused
         QKV, online-softmax attention, split norm reductions); the default is the training kernels.
-        Returns ModelOutput(logits [B, T or P, V] in policy.output_dtype, cache). The LM head runs in
-        ``policy.lm_head_dtype`` (the compute dtype unless the policy says e.g. float32).
+        intervention: an :class:`~jaxstack.layers.interventions.Intervention` (residual edits per
+        layer and row over a window of absolute positions: ``positions``, by default ``0..T-1`` or
+        ``cache.lengths + t``). With ``logits_indices`` and no cache the pruned last layer applies its
+        "post" edit at the P kept positions (their own positions), so pruning stays on.
+        capture: a :class:`~jaxstack.layers.interventions.Capture`; ``output.captured[name]`` is
+        [K, B, P, D]. A capture that reads the last layer's output (site "post", or "attention" /
+        "mlp") switches the last-layer pruning of ``logits_indices`` off (the logits are the same).
+        Returns ModelOutput(logits [B, T or P, V] in policy.output_dtype, cache, captured). The LM head
+        runs in ``policy.lm_head_dtype`` (the compute dtype unless the policy says e.g. float32).
         """
         self._check_inputs(tokens, positions, segment_ids, cache)
         _check_tree_inputs(tokens, attention_allowed, logits_indices, cache)
         batch, length = tokens.shape
+        num_layers = self.config.num_layers
+        if intervention is not None:
+            intervention.validate(num_layers, batch, self.config.hidden_size)
+        if capture is not None:
+            capture.validate(num_layers, batch, length)
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
             if cache is not None:
@@ -170,8 +210,14 @@ class LlamaForCausalLM(nnx.Module):
         x = self.embed(tokens)
         if logits_indices is not None:
             logits_indices = logits_indices.astype(jnp.int32)
+        hooks = None
+        if intervention is not None or capture is not None:
+            hooks = LayerHooks(positions, None if intervention is None else intervention.site, capture, num_layers)
         prune = logits_indices if cache is None else None
-        x, new_kv = self._run_layers(x, rope, (segment_ids, attention_allowed), cache, prune, kernels)
+        if hooks is not None and hooks.needs_all_positions(num_layers - 1):
+            prune = None
+        x, new_kv, captured = self._run_layers(x, rope, (segment_ids, attention_allowed), cache, prune, kernels,
+                                               hooks, intervention)
         if logits_indices is not None and prune is None:
             x = jnp.take_along_axis(x, logits_indices[:, :, None], axis=1)
         x = self.norm(x, chunks=kernels.norm_chunks)
@@ -183,48 +229,65 @@ class LlamaForCausalLM(nnx.Module):
         new_cache = None
         if cache is not None:
             new_cache = KVCache(k=new_kv[0], v=new_kv[1], lengths=cache.lengths + length)
-        return ModelOutput(logits=logits.astype(self.policy.output_dtype), cache=new_cache)
+        captured = None if hooks is None else hooks.finish(captured)
+        return ModelOutput(logits=logits.astype(self.policy.output_dtype), cache=new_cache, captured=captured)
 
-    def _run_layers(self, x, rope, masks, cache, query_indices=None, kernels: KernelOptions = TRAINING_KERNELS):
-        """All layers; with ``query_indices`` (no cache) the last one runs at those positions only."""
+    def _run_layers(self, x, rope, masks, cache, query_indices=None, kernels: KernelOptions = TRAINING_KERNELS,
+                    hooks: LayerHooks | None = None, intervention: Intervention | None = None):
+        """All layers; with ``query_indices`` (no cache) the last one runs at those positions only.
+
+        Returns (x, (k, v) stacked over layers or None, capture buffers (``hooks.finish`` them))."""
         lengths = None if cache is None else cache.lengths
         last = self.config.num_layers - 1
+        buffers = {} if hooks is None else hooks.init_buffers(x.shape[0], x.shape[-1], x.dtype,
+                                                              stacked=self.config.scan_layers)
         if not self.config.scan_layers:
             ks, vs = [], []
             for index, layer in enumerate(self.layers):
                 layer_cache = None if cache is None else (cache.k[index], cache.v[index])
-                x, kv = _layer_step(layer, x, rope, masks, layer_cache, lengths, index,
-                                    query_indices if index == last else None, kernels)
+                edit = None if intervention is None else intervention.layer(index)
+                x, kv, buffers = _layer_step(layer, x, rope, masks, layer_cache, lengths, index,
+                                             query_indices if index == last else None, kernels, hooks, edit,
+                                             buffers)
                 if kv is not None:
                     ks.append(kv[0])
                     vs.append(kv[1])
-            return x, ((jnp.stack(ks), jnp.stack(vs)) if cache is not None else None)
+            return x, ((jnp.stack(ks), jnp.stack(vs)) if cache is not None else None), buffers
 
         graphdef, state = nnx.split(self.layers)
         remat = self.config.remat
 
         def body(carry, xs):
-            layer_state, layer_cache, index = xs
+            x, buffers = carry
+            layer_state, layer_cache, index, edit = xs
             layer = nnx.merge(graphdef, layer_state)
-            y, kv = _layer_step(layer, carry, rope, masks, layer_cache, lengths, index, kernels=kernels)
-            return y, kv
+            y, kv, buffers = _layer_step(layer, x, rope, masks, layer_cache, lengths, index, kernels=kernels,
+                                         hooks=hooks, edit=edit, buffers=buffers)
+            return (y, buffers), kv
 
         if remat:
             body = jax.checkpoint(body, prevent_cse=False)
         layer_caches = None if cache is None else (cache.k, cache.v)
         indices = jnp.arange(self.config.num_layers, dtype=jnp.int32)
+        edits = None if intervention is None else intervention.stacked()  # per-layer slices as scan inputs
         if query_indices is None:
-            return jax.lax.scan(body, x, (state, layer_caches, indices))
+            (x, buffers), kv = jax.lax.scan(body, (x, buffers), (state, layer_caches, indices, edits))
+            return x, kv, buffers
         # scan all but the last layer, then the last one at the query positions only
-        x, _ = jax.lax.scan(body, x, (jax.tree.map(lambda a: a[:last], state), None, indices[:last]))
+        head = jax.tree.map(lambda a: a[:last], (state, edits))
+        (x, buffers), _ = jax.lax.scan(body, (x, buffers), (head[0], None, indices[:last], head[1]))
 
-        def final(x, layer_state):
+        def final(x, buffers, layer_state):
             layer = nnx.merge(graphdef, layer_state)
-            return _layer_step(layer, x, rope, masks, None, None, indices[last], query_indices, kernels)[0]
+            edit = None if intervention is None else intervention.layer(last)
+            y, _, buffers = _layer_step(layer, x, rope, masks, None, None, last, query_indices, kernels, hooks,
+                                        edit, buffers)
+            return y, buffers
 
         if remat:
             final = jax.checkpoint(final, prevent_cse=False)
-        return final(x, jax.tree.map(lambda a: a[last], state)), None
+        x, buffers = final(x, buffers, jax.tree.map(lambda a: a[last], state))
+        return x, None, buffers
 
     def _check_inputs(self, tokens, positions, segment_ids, cache):
         if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):

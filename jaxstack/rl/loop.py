@@ -36,7 +36,17 @@ from tqdm.auto import tqdm
 
 from jaxstack.models.configs import LlamaConfig
 from jaxstack.models.llama import LlamaForCausalLM
-from jaxstack.precision import DtypePolicy, LossScaleConfig, init_loss_scale
+from jaxstack.precision import (
+    DtypePolicy,
+    LossScaleConfig,
+    LossScaleState,
+    all_finite,
+    init_loss_scale,
+    scale_loss,
+    select_tree,
+    unscale_grads,
+    update_loss_scale,
+)
 from jaxstack.rl import engine as engine_lib
 from jaxstack.rl.losses import (
     LossConfig,
@@ -150,6 +160,45 @@ def rl_update(masters, opt_state, ls_state, batch, *, config, policy, loss_cfg, 
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "grad_zero_fraction": _zero_fraction(grads),
                "finite": finite, "loss_scale": ls_state.scale, **aux}
     return new_masters, opt_state, new_ls_state, metrics
+
+
+def loss_gradients(loss_of, params, scaler: LossScaleState):
+    """The gradient half of a loss-scaled step: ``(loss, aux, grads)`` of ``loss_of(params) -> (loss, aux)``.
+
+    With an enabled scaler (float16 compute) the loss is multiplied by the scale before the backward
+    pass and the gradients divided by it in float32; ``grads`` are the unscaled gradients (a pytree
+    like ``params``; possibly non-finite: :func:`apply_gradients` checks). Gradients of several losses
+    (e.g. one per role batch, each whitened on its own) are summed with ``jax.tree.map`` and applied
+    once; the gradient being linear, the sum is the gradient of the summed loss.
+    """
+
+    def scaled_loss(params):
+        loss, aux = loss_of(params)
+        return scale_loss(scaler, loss), (loss, aux)
+
+    grads, (loss, aux) = jax.grad(scaled_loss, has_aux=True)(params)
+    return loss, aux, unscale_grads(scaler, grads)
+
+
+def apply_gradients(params, opt_state, scaler: LossScaleState, grads, *, tx: optax.GradientTransformation,
+                    loss_scale: LossScaleConfig | None = None, skip_nonfinite: bool = True):
+    """The apply half: one optimizer step with unscaled ``grads`` (e.g. a sum of :func:`loss_gradients`).
+
+    A step whose gradients are not all finite leaves params and optimizer state unchanged (with an
+    enabled scaler, or ``skip_nonfinite``) and backs the scale off; the scaler counts skipped steps.
+    Returns (params, opt_state, scaler, finite). :func:`loss_gradients` then this function is
+    ``train.step.loss_scaled_update`` split in two.
+    """
+    if scaler.enabled and loss_scale is None:
+        raise ValueError("loss_scale: the loss scaler is enabled; pass its LossScaleConfig")
+    finite = all_finite(grads)
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    if scaler.enabled or skip_nonfinite:
+        new_params = select_tree(finite, new_params, params)
+        new_opt_state = select_tree(finite, new_opt_state, opt_state)
+        scaler = update_loss_scale(scaler, finite, loss_scale)
+    return new_params, new_opt_state, scaler, finite
 
 
 def _float(x) -> float:

@@ -200,5 +200,7 @@ def test_models_without_tree_support_use_the_per_request_path(tokenizer):
     context, continuation = [5, 6, 7, 8], [9, 10]
     (ll, _), = LoglikelihoodScorer(kimi, tokenizer, max_length=64).loglikelihood_tokens(
         [(context, continuation)], progress=False)
-    ref, _ = scoring.token_logprobs_reference(_run(kimi, [context + continuation[:-1]]), np.array([[6, 7, 8, 9, 10]]))
+    graphdef, state = nnx.split(kimi)  # jitted: the eager KDA chunk path dispatches op by op (slow)
+    full = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t).logits)(state, jnp.asarray([context + continuation[:-1]]))
+    ref, _ = scoring.token_logprobs_reference(np.asarray(full), np.array([[6, 7, 8, 9, 10]]))
     assert ll == pytest.approx(float(ref[0, -2:].sum()), abs=1e-4)
