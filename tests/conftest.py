@@ -31,9 +31,9 @@ if os.environ.get("JAXSTACK_TEST_COMPILATION_CACHE", "1") != "0" and "JAX_COMPIL
     # Cache every compile, also the small per-op ones of eager code (model init): jax's default
     # threshold is 1 s; at 0 a fresh process builds a tiny Kimi Linear model in ~1 s instead of ~13 s.
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    # A size limit switches on jax's file lock around reads and writes, so concurrent processes never
-    # read a half-written entry.
-    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 * 2**30))
+    # No size limit: a limit switches on jax's eviction, which re-scans the whole directory under a
+    # global lock on every write (quadratic in the entries; it made the suite 2x slower). Without it
+    # a process may read an entry another one is still writing: jax then warns and compiles anew.
 
 import jax  # noqa: E402
 
