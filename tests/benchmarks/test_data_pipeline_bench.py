@@ -3,9 +3,12 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "data_pipeline.py"
 
 
+@pytest.mark.slow  # a benchmark's smoke run (~16-30 s)
 def test_dry_run_reports_every_shape(tmp_path):
     spec = importlib.util.spec_from_file_location("data_pipeline_bench", SCRIPT)
     bench = importlib.util.module_from_spec(spec)

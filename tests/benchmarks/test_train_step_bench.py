@@ -24,6 +24,7 @@ def _check_half(half: dict, tokens_per_step: int, steps: int) -> None:
     assert math.isfinite(half["final_loss"]) and half["final_loss"] > 0
 
 
+@pytest.mark.slow  # a benchmark's smoke run (~12-28 s)
 def test_quick_jaxstack_half(tmp_path):
     bench = _load_script()
     out = tmp_path / "train_step.json"

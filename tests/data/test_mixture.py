@@ -37,6 +37,7 @@ THREE_STAGES = mx.StageSchedule((
 ))
 
 
+@pytest.mark.slow  # streams ~3M tokens (~19-31 s); the mixture's per-stage tests stay fast
 def test_realised_token_shares_match_targets_within_one_percent(documents):
     staged = mx.StagedMixture(THREE_STAGES, documents, None, seq_len=1024, batch_size=8)
     bounds = THREE_STAGES.stage_steps(staged.tokens_per_step)

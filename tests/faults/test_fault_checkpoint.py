@@ -195,6 +195,7 @@ def killed_run(tmp_path_factory) -> tuple[pathlib.Path, dict[int, tuple[float, f
     return run, records
 
 
+@pytest.mark.slow  # the corrupt-checkpoint cases below resume the same killed run bit-exactly
 def test_killed_mid_save_resumes_bit_exact(killed_run, tmp_path):
     run, uninterrupted = killed_run
     resumed = tmp_path / "run"

@@ -187,6 +187,7 @@ def test_encode_pairs_equals_encode_pair(tokenizer):
         encode_pairs(tokenizer, [("a", None)])
 
 
+@pytest.mark.slow  # builds and compiles a Kimi Linear model (~35 s); the per-request path itself runs fast in the other scorer tests
 def test_models_without_tree_support_use_the_per_request_path(tokenizer):
     from jaxstack.models import build_model
     from jaxstack.models.configs import get_kimi_config

@@ -178,6 +178,7 @@ def test_llama_cached_decode_with_an_edit_equals_the_full_forward(llama, run):
         np.testing.assert_allclose(np.asarray(jnp.concatenate(pieces, axis=1)), np.asarray(full), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # three Kimi Linear programs (~13 s); the Llama cached-decode edit test stays fast
 def test_kimi_cached_decode_with_an_edit_equals_the_full_forward(kimi, run):
     """Chunk prefill of 10 tokens (crossing KDA chunks of 8), then recurrent decode; edits at a KDA layer
     (1) and at the MLA layer (3); windows in the prompt and mid-generation. The baseline is the same

@@ -1,5 +1,6 @@
 """Dynamic loss scaling in the trainer's step: on for float16 compute, a no-op otherwise."""
 
+import pytest
 import json
 import os
 import subprocess
@@ -57,6 +58,7 @@ def test_fp16_finite_steps_update_and_grow_the_scale():
     assert np.isfinite(float(m2["grad_norm"]))
 
 
+@pytest.mark.slow  # two trainer runs; the fp16 trainer test keeps the scaler's logging covered
 def test_scaler_is_off_and_absent_from_metrics_for_float32_and_bfloat16():
     for name in ("fp32", "bf16-mixed"):
         assert not loss_scale_for(get_policy(name).compute_dtype).enabled

@@ -34,6 +34,7 @@ def _losses(run: pathlib.Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records}
 
 
+@pytest.mark.slow  # bit-exact resume from a mid-run save is also checked fast by tests/faults/test_fault_checkpoint.py (corrupt fallback)
 def test_resume_is_bit_exact(tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     _train(straight)

@@ -111,6 +111,7 @@ def test_initial_model_loads_init_from_and_checks_the_config(tmp_path):
         initial_model(CFG, TrainConfig(init_from=str(tmp_path / "missing")), policy)
 
 
+@pytest.mark.slow  # a full SFT run from an exported model (~13-47 s); init_from's errors stay tested fast
 def test_train_starts_from_init_from(tmp_path):
     """The step-1 loss (computed on the parameters before the first update) is the pretrained
     model's loss on that batch, so train() really started from init_from."""
