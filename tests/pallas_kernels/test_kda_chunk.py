@@ -105,7 +105,7 @@ def test_intra_chunk_subchunk_factoring_equals_dense_masked_form():
         assert_close(dense_kk, Akk, dtype="float64", name="Akk")
 
 
-@pytest.mark.parametrize("C, sub_chunk, gate", [(64, 8, 30.0), (24, 16, 1.0)],
+@pytest.mark.parametrize("C, sub_chunk, gate", [pytest.param(64, 8, 30.0, marks=pytest.mark.slow), (24, 16, 1.0)],
                          ids=["ladder-C64-BC8-strong", "gcd-C24-BC8"])
 def test_decay_gram_and_its_handwritten_vjp_equal_dense_masked_form(C, sub_chunk, gate):
     # decay_gram (reference-point factoring + hand-written VJP) against autodiff of the dense masked
@@ -164,7 +164,7 @@ _ref64 = jax.jit(lambda q, k, v, g, beta, h0: kda_reference(q, k, v, g, beta, in
                                                              output_final_state=True))
 
 
-@pytest.mark.parametrize("gate", [0.0, pytest.param(1e-4, marks=pytest.mark.slow),
+@pytest.mark.parametrize("gate", [pytest.param(0.0, marks=pytest.mark.slow), pytest.param(1e-4, marks=pytest.mark.slow),
                                   pytest.param(8.0, marks=pytest.mark.slow), 30.0])
 def test_strong_decay_stress_finite_and_accurate(gate):
     # g = -gate per step exactly (unbounded decay), beta in {0, 1}, zero-key rows and repeated keys.

@@ -42,7 +42,7 @@ def test_fixtures_are_small():
     assert 0 < total < 1_000_000
 
 
-@pytest.mark.parametrize("backend, split", [pytest.param("xla", 1, marks=pytest.mark.slow), ("xla", 17),
+@pytest.mark.parametrize("backend, split", [pytest.param("xla", 1, marks=pytest.mark.slow), pytest.param("xla", 17, marks=pytest.mark.slow),
                                             pytest.param("xla", 40, marks=pytest.mark.slow), ("pallas", 21)])
 def test_state_carry_across_split_equals_one_shot(backend, split):
     # Splits at a chunk's first token, mid-chunk and near the end (chunk 16 for pallas, 64 for xla).
@@ -56,7 +56,9 @@ def test_state_carry_across_split_equals_one_shot(backend, split):
     assert_close(ht, h2, dtype="float32", name="ht")
 
 
-@pytest.mark.parametrize("prefill_backend", [pytest.param("reference", marks=pytest.mark.slow), "xla"])
+# both slow (~24 s); decode after prefill stays fast in tests/layers/test_kda_layer.py and tests/models/test_kimi_linear.py
+@pytest.mark.parametrize("prefill_backend", [pytest.param("reference", marks=pytest.mark.slow),
+                                             pytest.param("xla", marks=pytest.mark.slow)])
 def test_decode_steps_after_prefill_equal_longer_prefill(prefill_backend):
     T, n_dec = 37, 5
     q, k, v, g, beta, h0 = make_inputs(2, T + n_dec, 2, 16, 24, seed=3)
