@@ -1,4 +1,5 @@
-# The two commands a newcomer needs: `make demo` and `make test`. Each creates .venv itself.
+# The two commands a newcomer needs: `make demo` and `make test`. Each creates .venv itself
+# (uv installs it, with the sources and constraints of this machine's pip config: see scripts/venv_install.py).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,8 +11,8 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q uv
+	$(BIN)/python scripts/venv_install.py -e '.[test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
