@@ -222,11 +222,15 @@ def loss_scale_for(compute_dtype, **overrides) -> LossScaleConfig:
 @struct.dataclass
 class LossScaleState:
     """scale: float32 []; good_steps: int32 [] consecutive finite steps; skipped: int32 [] total skipped
-    (non-finite) steps; enabled: a static bool."""
+    (non-finite) steps; streak: int32 [] skipped steps in a row up to now; longest_streak: int32 [] the
+    longest such run so far (kept on device, so a trainer can check a limit at its log steps without a
+    host read per step); enabled: a static bool."""
 
     scale: jax.Array
     good_steps: jax.Array
     skipped: jax.Array
+    streak: jax.Array
+    longest_streak: jax.Array
     enabled: bool = struct.field(pytree_node=False, default=True)
 
 
@@ -235,6 +239,8 @@ def init_loss_scale(config: LossScaleConfig) -> LossScaleState:
         scale=jnp.asarray(config.initial_scale if config.enabled else 1.0, jnp.float32),
         good_steps=jnp.zeros((), jnp.int32),
         skipped=jnp.zeros((), jnp.int32),
+        streak=jnp.zeros((), jnp.int32),
+        longest_streak=jnp.zeros((), jnp.int32),
         enabled=config.enabled,
     )
 
@@ -270,11 +276,14 @@ def update_loss_scale(state: LossScaleState, finite: jax.Array, config: LossScal
 
     Non-finite: S <- max(S * backoff, min_scale), good_steps <- 0, skipped += 1. Finite: good_steps += 1,
     and when it reaches ``growth_interval``, S <- min(S * growth, max_scale) and good_steps <- 0.
-    Disabled: only ``skipped`` counts (S stays 1).
+    Disabled: only the skip counters move (S stays 1). Either way ``streak`` counts skipped steps in a
+    row (0 after a finite step) and ``longest_streak`` keeps its maximum.
     """
     skipped = state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32)
+    streak = jnp.where(finite, 0, state.streak + 1).astype(jnp.int32)
+    state = state.replace(skipped=skipped, streak=streak, longest_streak=jnp.maximum(state.longest_streak, streak))
     if not state.enabled:
-        return state.replace(skipped=skipped)
+        return state
     good = jnp.where(finite, state.good_steps + 1, 0)
     grow = good >= config.growth_interval
     scale = jnp.where(
@@ -282,4 +291,4 @@ def update_loss_scale(state: LossScaleState, finite: jax.Array, config: LossScal
         jnp.where(grow, jnp.minimum(state.scale * config.growth_factor, config.max_scale), state.scale),
         jnp.maximum(state.scale * config.backoff_factor, config.min_scale),
     ).astype(jnp.float32)
-    return state.replace(scale=scale, good_steps=jnp.where(grow, 0, good).astype(jnp.int32), skipped=skipped)
+    return state.replace(scale=scale, good_steps=jnp.where(grow, 0, good).astype(jnp.int32))

@@ -129,13 +129,14 @@ def train_step(
     schedule: Callable[[jax.Array], jax.Array] | None = None,
     loss_scale: LossScaleConfig | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step. Returns (new state, metrics: loss, grad_norm, tokens, finite, skipped_steps[, lr]
-    [, loss_scale]).
+    """One optimizer step. Returns (new state, metrics: loss, grad_norm, tokens, finite, skipped_steps,
+    longest_nonfinite_streak[, lr][, loss_scale]).
 
     The loss-scaled update is :func:`loss_scaled_update` with ``skip_nonfinite``: a step whose loss or
     gradients are not all finite leaves params and optimizer state unchanged (the step counter still
     advances; with an enabled scaler, float16 compute, the scale is halved too). ``finite`` (bool) says
-    whether this step was applied; ``skipped_steps`` (int32) counts the skipped steps of the run so far.
+    whether this step was applied; ``skipped_steps`` (int32) counts the skipped steps of the run so far,
+    ``longest_nonfinite_streak`` (int32) its longest run of skipped steps in a row.
     """
     scaler = state.loss_scale
     (params, opt_state, new_scaler), (loss, count, grads, finite) = loss_scaled_update(
@@ -147,6 +148,7 @@ def train_step(
         "tokens": count,
         "finite": finite,
         "skipped_steps": new_scaler.skipped,
+        "longest_nonfinite_streak": new_scaler.longest_streak,
         **({"loss_scale": scaler.scale} if scaler.enabled else {}),
     }
     if schedule is not None:

@@ -48,7 +48,8 @@ class TrainConfig:
     in ``best/`` (Hugging Face format), returned, and exported to ``hf/``.
     max_nonfinite_steps: a step whose loss or gradients are not finite is skipped (parameters and
     optimizer state unchanged) and counted (``skipped_steps``); this many skipped steps in a row stop
-    the run with :class:`NonFiniteTrainingError`, leaving the newest checkpoint as it was.
+    the run with :class:`NonFiniteTrainingError` at the next log or checkpoint step (where the count
+    is read from the device), leaving the newest checkpoint as it was.
 
     Run-defining fields (:data:`RUN_DEFINING_TRAIN_FIELDS`) decide the parameters after every step;
     a resume refuses a change to them (see :func:`train`). The others only change what is observed
@@ -284,8 +285,9 @@ def train(
     ValueError listing the changed fields.
     The summary is merged into ``summary.json``, so a caller can add its own keys afterwards.
 
-    Raises NonFiniteTrainingError after ``train.max_nonfinite_steps`` skipped (non-finite) steps in a
-    row, without a checkpoint or export of that state; the newest checkpoint is left as it was.
+    Raises NonFiniteTrainingError at the first log or checkpoint step after ``train.max_nonfinite_steps``
+    skipped (non-finite) steps in a row, without a checkpoint or export of that state; the newest
+    checkpoint is left as it was.
     """
     main_process = jax.process_index() == 0  # multi-host: one process shows progress (and writes the record)
     policy = get_policy(train_config.policy)
@@ -391,16 +393,21 @@ def train(
                dynamic_ncols=True)
     last_time, tokens_since = time.perf_counter(), 0.0
     final_metrics: dict[str, Any] = {}
-    nonfinite_streak, halted = 0, False  # skipped (non-finite) steps in a row; a resume starts it afresh
+    halted, longest_streak = False, 0
     for step in range(start, end):
         batch = sharding_lib.shard(_to_host_batch(next(data)), batch_sh)
         state, metrics = step_fn(state, batch)
         tokens_since += train_config.batch_size * train_config.seq_len
         done = step + 1
-        # one scalar read per step (a host sync): the run must stop at the N-th skipped step in a row
-        nonfinite_streak = 0 if bool(metrics["finite"]) else nonfinite_streak + 1
-        halted = nonfinite_streak >= train_config.max_nonfinite_steps
-        if done % train_config.log_every == 0 or done == end or halted:
+        log_now = done % train_config.log_every == 0 or done == end
+        save_now = done % train_config.checkpoint_every == 0 or done == end
+        if log_now or save_now:
+            # The guard's only host read, where the run logs or saves anyway (no per-step sync): the
+            # step keeps the longest run of skipped steps on device (it survives a resume), so a limit
+            # crossed between two checks still stops the run, at the check, before anything is saved.
+            longest_streak = int(metrics["longest_nonfinite_streak"])
+            halted = longest_streak >= train_config.max_nonfinite_steps
+        if log_now or halted:
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             now = time.perf_counter()
             tokens_per_s = tokens_since / max(now - last_time, 1e-9)
@@ -420,7 +427,7 @@ def train(
         bar.update(1)
         if halted:
             break
-        if done % train_config.checkpoint_every == 0 or done == end or stopped:
+        if save_now or stopped:
             _assert_finite((state.params, state.opt_state), f"checkpoint of step {done}")
             checkpointer.save(done, state, data, force=True)
         if stopped:
@@ -430,7 +437,7 @@ def train(
     newest_checkpoint = checkpointer.latest_step()
     checkpointer.close()
     if halted:
-        message = (f"train: stopped at step {done}: {nonfinite_streak} steps in a row (train.max_nonfinite_steps) "
+        message = (f"train: stopped at step {done}: {longest_streak} steps in a row (train.max_nonfinite_steps) "
                    f"had a non-finite loss or gradient (last loss {final_metrics.get('loss')}) and were skipped; "
                    f"nothing was saved for them, the newest checkpoint is step {newest_checkpoint} "
                    f"in {run_dir / 'checkpoints'} (check the learning rate, the data and the precision policy)")

@@ -136,6 +136,20 @@ def test_consecutive_nonfinite_steps_stop_the_run_with_the_last_checkpoint_intac
     jax.tree.map(np.testing.assert_array_equal, restored.params, at_4.params)
 
 
+def test_a_streak_between_two_log_steps_stops_the_run_at_the_next_check(tmp_path):
+    # Steps 5-6 are skipped, steps 7-8 are finite again: the trainer only reads the device-side count
+    # at log / checkpoint steps (4, 8, ...), where the current streak is 0 again; the longest streak
+    # (2 = the limit) must still stop it at step 8, before step 8 is saved.
+    run = tmp_path / "run"
+    config = _train_config(steps=12, log_every=4, checkpoint_every=4, max_nonfinite_steps=2)
+    with pytest.raises(NonFiniteTrainingError, match=r"stopped at step 8: 2 steps in a row .* newest checkpoint is "
+                                                     r"step 4"):
+        train(CONFIG, config, OptimizerConfig(warmup_steps=0), _data(4, 6), run, show_progress=False)
+    assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == [4]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["skipped_steps"], r["longest_nonfinite_streak"]) for r in records] == [(4, 0, 0), (8, 2, 2)]
+
+
 # `jaxstack train` whose batches get a NaN loss mask from step NAN_FROM on (1-based)
 _NAN_FROM_STEP = """
 import os, sys
