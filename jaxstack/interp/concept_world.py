@@ -37,9 +37,8 @@ that optionally injects per-row residual edits (the reporter fine-tune).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import chex
@@ -455,42 +454,71 @@ def _loss(params, graphdef, batch, intervention):
     return token_cross_entropy(output.logits, tokens[:, 1:], mask)
 
 
+_STEPS: dict[Any, Any] = {}
+
+
+def _train_step(graphdef, params, settings: TrainSettings):
+    """The jitted step and its optax transformation, built once per (model structure, optimizer
+    settings): seeds that share them reuse one compiled step."""
+    from jaxstack.train.optimizers import OptimizerConfig, make_optimizer
+    from jaxstack.train.step import loss_scaled_update
+
+    key = (graphdef, settings.steps, settings.learning_rate, settings.warmup_steps)
+    if key not in _STEPS:
+        optimizer = OptimizerConfig(learning_rate=settings.learning_rate, warmup_steps=settings.warmup_steps,
+                                    decay_fraction=0.3, weight_decay=0.0, clip_norm=1.0)
+        tx = make_optimizer(optimizer, settings.steps, params)
+
+        @jax.jit
+        def step(params, opt_state, scaler, batch, intervention):
+            (params, opt_state, scaler), (loss, _, _, _) = loss_scaled_update(
+                lambda p: _loss(p, graphdef, batch, intervention), params, opt_state, scaler, tx=tx,
+                skip_nonfinite=True)
+            return params, opt_state, scaler, loss
+
+        if len(_STEPS) > 8:
+            _STEPS.clear()
+        _STEPS[key] = (step, tx)
+    return _STEPS[key]
+
+
 def train_world_model(model, data: dict[str, np.ndarray], settings: TrainSettings, *,
-                      make_intervention: Callable[[np.ndarray, np.random.Generator], Intervention | None] | None = None,
+                      make_intervention: Callable[[np.ndarray, np.random.Generator], Intervention] | None = None,
                       progress: bool = True, description: str = "train", eval_every: int = 0,
                       on_eval: Callable[[int, Any], None] | None = None) -> tuple[Any, list[float]]:
     """Trains ``model`` (in place: its parameters are replaced) on rows of ``data`` (from
     :func:`encode_examples`), sampled with replacement in ``settings.seed``'s order.
 
-    make_intervention(rows [B] int, rng) -> an :class:`Intervention` with B rows (or None) applied to
-    that batch's forward (the reporter fine-tune: per-row concept vectors, layers, strengths and
-    windows are traced, so the step compiles once). ``on_eval(step, model)`` is called every
+    make_intervention(rows [B] int, rng) -> an :class:`Intervention` with B rows applied to that
+    batch's forward (the reporter fine-tune: per-row concept vectors, layers, strengths and windows are
+    traced, so the step compiles once). Without it every batch gets a zero edit of the same shapes
+    (bit-identical to no edit), so a base run and a fine-tune with equal settings and row widths share
+    one compiled step. ``on_eval(step, model)`` is called every
     ``eval_every`` steps (and after the last) with the model holding the current parameters.
     Returns (model, per-step losses).
     """
-    import optax
     from tqdm.auto import tqdm
 
-    from jaxstack.train.optimizers import OptimizerConfig, make_optimizer
-    from jaxstack.train.step import loss_scaled_update, split_model
     from jaxstack.precision import LossScaleConfig, init_loss_scale
+    from jaxstack.train.step import split_model
 
     chex.assert_rank(data["tokens"], 2)
     chex.assert_equal_shape([data["tokens"], data["loss_mask"]])
     graphdef, params = split_model(model)
-    optimizer = OptimizerConfig(learning_rate=settings.learning_rate, warmup_steps=settings.warmup_steps,
-                                decay_fraction=0.3, weight_decay=0.0, clip_norm=1.0)
-    tx = make_optimizer(optimizer, settings.steps, params)
+    step, tx = _train_step(graphdef, params, settings)
     opt_state = tx.init(params)
     scaler = init_loss_scale(LossScaleConfig(enabled=False))
 
-    @jax.jit
-    def step(params, opt_state, scaler, batch, intervention):
-        (params, opt_state, scaler), (loss, _, _, _) = loss_scaled_update(
-            lambda p: _loss(p, graphdef, batch, intervention), params, opt_state, scaler, tx=tx,
-            skip_nonfinite=True)
-        return params, opt_state, scaler, loss
+    if make_intervention is None:
+        from jaxstack.interp.trials import row_intervention
 
+        zero = row_intervention(model.config.num_layers, model.config.hidden_size,
+                                vectors=np.zeros((settings.batch_size, model.config.hidden_size), np.float32), layers=0,
+                                strengths=np.zeros(settings.batch_size, np.float32), starts=0, ends=1)
+
+        def make_intervention(rows, rng):
+            del rows, rng
+            return zero
     rng = np.random.default_rng(settings.seed)
     count = data["tokens"].shape[0]
     losses = []
@@ -498,8 +526,7 @@ def train_world_model(model, data: dict[str, np.ndarray], settings: TrainSetting
     for _ in bar:
         rows = rng.integers(count, size=settings.batch_size)
         batch = {key: jnp.asarray(value[rows]) for key, value in data.items()}
-        intervention = make_intervention(rows, rng) if make_intervention is not None else None
-        params, opt_state, scaler, loss = step(params, opt_state, scaler, batch, intervention)
+        params, opt_state, scaler, loss = step(params, opt_state, scaler, batch, make_intervention(rows, rng))
         losses.append(loss)
         done = len(losses)
         if done % 50 == 0:
@@ -507,12 +534,115 @@ def train_world_model(model, data: dict[str, np.ndarray], settings: TrainSetting
         if on_eval is not None and eval_every and (done % eval_every == 0 or done == settings.steps):
             nnx.update(model, params)
             on_eval(done, model)
-    del optax
     nnx.update(model, params)
     return model, [float(x) for x in jax.device_get(losses)]
 
 
+# ----------------------------------------------------------------------------------------------------
+# The reporter fine-tune
+
+
+REPLAY_TASKS = ("describe", "name", "yes_no")
+
+
+def reporter_data(world: ConceptWorld, count: int, concepts: Sequence[str], rng: np.random.Generator, *,
+                  width: int, injected_fraction: float = 0.5, replay_tasks: Sequence[str] = REPLAY_TASKS
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray, int, int]:
+    """Rows for the reporter fine-tune: each row is one detection example (the paper's Experiment 1
+    prompt and the toy's reply) followed by short base-world examples (``replay_tasks``, packed into the
+    rest of the row, so the reporter keeps its world, the control questions' "No" included; they are
+    never injected).
+
+    A fraction ``injected_fraction`` of the rows is labelled with a concept drawn from ``concepts``
+    (reply "Yes, the thought is about {concept}."), the rest with none (reply "No, I do not detect an
+    injected thought."). Returns (arrays as :func:`encode_examples` with ``pack``, labels [N] int
+    (index into ``concepts``, -1 = none), the injection start (token index of the ``\n\n`` before
+    "Trial 1"), the detection example's length without its ``<eos>``).
+    """
+    if not 0 <= injected_fraction <= 1:
+        raise ValueError(f"injected_fraction: expected a value in [0, 1], got {injected_fraction}")
+    tokenizer = world.tokenizer
+    probe = world.detection(None)
+    prompt_text = probe.segments[0]
+    start = protocol.injection_start(tokenizer.encode, prompt_text)
+    labels = np.where(rng.random(count) < injected_fraction, rng.integers(len(concepts), size=count), -1)
+    rows = []
+    for label in labels:
+        example = world.detection(None if label < 0 else concepts[int(label)])
+        ids, mask = example.encode(tokenizer)
+        segments = [(ids, mask)]
+        used = len(ids)
+        for _ in range(8):
+            extra = world.sample(replay_tasks[int(rng.integers(len(replay_tasks)))], rng).encode(tokenizer)
+            if used + len(extra[0]) > width + 1:
+                break
+            if len(extra[0]) >= start:  # replay positions restart at 0: they must stay before the window
+                continue
+            segments.append(extra)
+            used += len(extra[0])
+        rows.append(segments)
+    tokens = np.zeros((count, width + 1), np.int32)
+    loss_mask = np.zeros((count, width + 1), np.float32)
+    segment_ids = np.zeros((count, width + 1), np.int32)
+    positions = np.zeros((count, width + 1), np.int32)
+    for row, segments in enumerate(rows):
+        at = 0
+        for index, (ids, mask) in enumerate(segments, start=1):
+            n = len(ids)
+            if at + n > width + 1:
+                raise ValueError(f"width: the detection example needs {n} tokens, more than width + 1 = {width + 1}")
+            tokens[row, at:at + n] = ids
+            loss_mask[row, at:at + n] = mask
+            segment_ids[row, at:at + n] = index
+            positions[row, at:at + n] = np.arange(n)
+            at += n
+    data = {"tokens": tokens, "loss_mask": loss_mask, "segment_ids": segment_ids, "positions": positions}
+    detection_length = len(world.detection(None).encode(tokenizer, eos=False)[0])
+    return data, labels, start, detection_length
+
+
+def reporter_interventions(vectors: Mapping[int, np.ndarray], labels: np.ndarray, *, layers: Sequence[int],
+                           strengths: Sequence[float], start: int, num_layers: int, scale: float = 1.0
+                           ) -> Callable[[np.ndarray, np.random.Generator], Intervention]:
+    """``make_intervention`` for :func:`train_world_model`: each labelled row gets its concept's vector
+    (``vectors[layer]``: [N_concepts, D]) at a layer drawn from ``layers`` and a strength drawn from
+    ``strengths`` (times ``scale``: 0 trains a reporter that never sees an injection, the can-fail
+    control), from ``start`` to the end of the detection example (the replayed examples after it keep
+    positions below ``start``, so they are never edited)."""
+    from jaxstack.interp.trials import row_intervention
+
+    layers = [int(i) for i in layers]
+    hidden = next(iter(vectors.values())).shape[1]
+
+    def make(rows: np.ndarray, rng: np.random.Generator) -> Intervention:
+        batch = len(rows)
+        chosen = np.asarray([layers[int(i)] for i in rng.integers(len(layers), size=batch)])
+        strength = np.asarray(strengths, np.float32)[rng.integers(len(strengths), size=batch)] * scale
+        row_labels = labels[rows]
+        picked = np.zeros((batch, hidden), np.float32)
+        for b in range(batch):
+            if row_labels[b] >= 0:
+                picked[b] = vectors[int(chosen[b])][int(row_labels[b])]
+        strength = np.where(row_labels >= 0, strength, 0.0)
+        from jaxstack.layers.interventions import NO_END
+
+        return row_intervention(num_layers, hidden, vectors=picked, layers=chosen, strengths=strength,
+                                starts=np.full(batch, start), ends=np.full(batch, NO_END))
+
+    return make
+
+
 __all__ = [
-    "ATTRIBUTES", "ConceptWorld", "Example", "TASKS", "TrainSettings", "WordTokenizer", "WorldConfig",
-    "encode_examples", "train_world_model",
+    "ATTRIBUTES",
+    "REPLAY_TASKS",
+    "TASKS",
+    "ConceptWorld",
+    "Example",
+    "TrainSettings",
+    "WordTokenizer",
+    "WorldConfig",
+    "encode_examples",
+    "reporter_data",
+    "reporter_interventions",
+    "train_world_model",
 ]

@@ -308,7 +308,8 @@ def load_grader_prompts(path: str | os.PathLike) -> dict[str, str]:
     over :data:`GRADER_PROMPTS` for the judges it leaves out. GraderError naming the key for an
     unknown judge or a template without its placeholders."""
     try:
-        data = json.loads(open(path, encoding="utf-8").read())
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
     except (OSError, json.JSONDecodeError) as error:
         raise GraderError(f"grader_prompts_file: cannot read {path}: {error}") from None
     if not isinstance(data, dict):
@@ -411,6 +412,17 @@ def make_grader(kind: str | None, *, base_url: str | None = None, model: str | N
 
 
 __all__ = [
-    "CRITERIA", "GRADER_PROMPTS", "Grader", "GraderError", "JUDGES", "LLMGrader", "RuleGrader", "grade_trial",
-    "load_grader_prompts", "make_grader", "parse_verdict", "word_forms", "words_of",
+    "CRITERIA",
+    "GRADER_PROMPTS",
+    "JUDGES",
+    "Grader",
+    "GraderError",
+    "LLMGrader",
+    "RuleGrader",
+    "grade_trial",
+    "load_grader_prompts",
+    "make_grader",
+    "parse_verdict",
+    "word_forms",
+    "words_of",
 ]

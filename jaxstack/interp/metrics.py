@@ -118,7 +118,7 @@ def introspection_score(detect_injected, detect_none, control_injected, control_
     """(mean P(yes) on the detection question with injection - without) minus (the same shift on the
     "no"-answer control questions): > 0 only if injection raises "yes" on the detection question more
     than it raises "yes" everywhere."""
-    shift = lambda a, b: float(np.mean(a)) - float(np.mean(b))  # noqa: E731
+    shift = lambda a, b: float(np.mean(a)) - float(np.mean(b))
     return shift(detect_injected, detect_none) - shift(control_injected, control_none)
 
 

@@ -128,19 +128,14 @@ def norm_matched_random(rng: np.random.Generator, reference) -> np.ndarray:
 # Jitted reads
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _last_logits(graphdef, state, tokens, last, intervention):
-    model = nnx.merge(graphdef, state)
-    out = model(tokens, intervention=intervention, logits_indices=last[:, None])
-    return out.logits[:, 0].astype(jnp.float32)
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef", "layers"))
-def _residuals(graphdef, state, tokens, positions, intervention, *, layers):
+def _read(graphdef, state, tokens, logits_at, positions, intervention, *, layers):
+    """Logits [B, Q, V] at ``logits_at`` [B, Q] and, with ``layers``, residuals [K, B, P, D] at
+    ``positions`` [B, P]."""
     model = nnx.merge(graphdef, state)
-    capture = Capture(positions=positions, layers=layers, site="post")
-    return model(tokens, intervention=intervention, capture=capture,
-                 logits_indices=jnp.zeros((tokens.shape[0], 1), jnp.int32)).captured["residual"]
+    capture = Capture(positions=positions, layers=layers, site="post") if layers else None
+    out = model(tokens, intervention=intervention, capture=capture, logits_indices=logits_at)
+    return out.logits.astype(jnp.float32), None if capture is None else out.captured["residual"]
 
 
 @dataclasses.dataclass
@@ -190,30 +185,44 @@ class TrialRunner:
                                 ends=[t.prompt.end for t in chunk])
         return jnp.asarray(tokens), edit
 
+    def read(self, trials: Sequence[Trial], *, logits_at: Sequence[Sequence[int]] | None = None,
+             layers: Sequence[int] = (), positions: Sequence[Sequence[int]] | None = None
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One forward per chunk, under each trial's edit. Returns (logits [N, Q, V] float32 predicting
+        the token after each of ``logits_at`` [N, Q] token indices (default: each prompt's last token,
+        Q = 1); residuals [K, N, P, D] float32 at ``layers`` ("post") and ``positions`` [N, P] (default:
+        the last token), or None without ``layers``)."""
+        layers = tuple(int(i) for i in layers)
+        last = [[len(t.prompt) - 1] for t in trials]
+        logits_at = np.asarray(last if logits_at is None else logits_at, np.int32)
+        positions = np.asarray(last if positions is None else positions, np.int32)
+        for name, value in (("logits_at", logits_at), ("positions", positions)):
+            if value.ndim != 2 or value.shape[0] != len(trials):
+                raise ValueError(f"{name}: expected [N={len(trials)}, Q], got {list(value.shape)}")
+        logits, residuals = [], []
+        for first, (chunk, n) in zip(range(0, len(trials), self.batch), self._chunks(trials)):
+            tokens, edit = self._arrays(chunk)
+            at = np.zeros((self.batch, logits_at.shape[1]), np.int32)
+            at[:n] = logits_at[first:first + n]
+            rows = np.zeros((self.batch, positions.shape[1]), np.int32)
+            rows[:n] = positions[first:first + n]
+            out, captured = _read(self.graphdef, self.state, tokens, jnp.asarray(at), jnp.asarray(rows), edit,
+                                  layers=layers)
+            logits.append(np.asarray(out)[:n])
+            if layers:
+                residuals.append(np.asarray(captured, np.float32)[:, :n])
+        return np.concatenate(logits), (np.concatenate(residuals, axis=1) if layers else None)
+
     def next_token_logits(self, trials: Sequence[Trial]) -> np.ndarray:
         """[N, V] float32: the next-token logits after each trial's prompt, under its edit."""
-        out = []
-        for chunk, n in self._chunks(trials):
-            tokens, edit = self._arrays(chunk)
-            last = jnp.asarray([len(t.prompt) - 1 for t in chunk], jnp.int32)
-            out.append(np.asarray(_last_logits(self.graphdef, self.state, tokens, last, edit))[:n])
-        return np.concatenate(out)
+        return self.read(trials)[0][:, 0]
 
     def residuals(self, trials: Sequence[Trial], positions: Sequence[Sequence[int]], layers: Sequence[int]) -> np.ndarray:
         """[K, N, P, D] float32: residuals ("post" of each of ``layers``) at ``positions[i]`` (P token
         indices per trial, the same P for all) of each trial's prompt, under its edit."""
-        positions = np.asarray(positions, np.int32)
-        if positions.ndim != 2 or positions.shape[0] != len(trials):
-            raise ValueError(f"positions: expected [N={len(trials)}, P], got {list(positions.shape)}")
-        out = []
-        for first, (chunk, n) in zip(range(0, len(trials), self.batch), self._chunks(trials)):
-            tokens, edit = self._arrays(chunk)
-            rows = np.zeros((self.batch, positions.shape[1]), np.int32)
-            rows[:n] = positions[first:first + n]
-            captured = _residuals(self.graphdef, self.state, tokens, jnp.asarray(rows), edit,
-                                  layers=tuple(int(i) for i in layers))
-            out.append(np.asarray(captured, np.float32)[:, :n])
-        return np.concatenate(out, axis=1)
+        if not layers:
+            raise ValueError("layers: expected at least one layer")
+        return self.read(trials, layers=layers, positions=positions)[1]
 
     def sample(self, trials: Sequence[Trial], *, max_new_tokens: int, temperature: float = 1.0,
                stop_tokens: Sequence[int] = (), seed: int = 0) -> list[list[int]]:
@@ -224,7 +233,7 @@ class TrialRunner:
 
         config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, stop_tokens=tuple(stop_tokens))
         replies = []
-        stops = set(int(t) for t in stop_tokens)
+        stops = {int(t) for t in stop_tokens}
         for index, (chunk, n) in enumerate(self._chunks(trials)):
             _, edit = self._arrays(chunk)
             key = jax.random.fold_in(jax.random.key(seed), index)
