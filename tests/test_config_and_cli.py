@@ -64,8 +64,8 @@ def test_cli_finds_experiments_without_importing_them():
             "assert _load_experiment('gap').__name__ == 'experiments.gap'; print(json.dumps(names))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert json.loads(out.stdout) == ["adp", "agentfold", "demo", "gap", "kimi-linear", "precision-rl",
-                                      "smollm2-mixture"]
+    assert json.loads(out.stdout) == ["adp", "agentfold", "demo", "gap", "introspection", "kimi-linear", "mae",
+                                      "precision-rl", "smollm2-mixture"]
 
 
 def test_policy_presets():

@@ -320,9 +320,15 @@ class MixedRollout:
 
 def _sample_rows(logits, keys, noise_std, policy: DtypePolicy):
     """T = 1 sample of logits [B, V] with one PRNG key per row (keys [B]): row b's draw is the draw of
-    row b alone (:func:`_sample` on [1, V] with keys[b]), whatever the other rows are."""
+    row b alone (:func:`_sample` on [1, V] with keys[b]), whatever the other rows are. noise_std None:
+    no noise drawn at all (the same tokens as noise 0, a smaller program)."""
 
     def one(row_logits, key):
+        if noise_std is None:
+            _, sample_key = jax.random.split(key)  # the key use of _sample, without the noise draw
+            logp = _log_softmax(row_logits.astype(jnp.float32)[None], policy)
+            token = jax.random.categorical(sample_key, logp, axis=-1).astype(jnp.int32)
+            return token[0], jnp.take_along_axis(logp, token[:, None], axis=-1)[0, 0]
         token, logp = _sample(row_logits[None], key, noise_std, policy)
         return token[0], logp[0]
 
@@ -434,6 +440,7 @@ def mixed_rollout(masters: nnx.State, prompts: jax.Array, prompt_lengths: jax.Ar
     _check_shape("keys", keys, (batch,), f"[B] = [{batch}] (one key per row)")
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens: expected a positive integer, got {max_new_tokens}")
-    return _mixed_rollout(masters, prompts, jnp.asarray(prompt_lengths), keys, jnp.asarray(noise_std, jnp.float32),
-                          intervention, config=config, policy=policy, knobs=knobs, max_new_tokens=max_new_tokens,
-                          eos_id=eos_id)
+    static_zero = isinstance(noise_std, (int, float)) and noise_std == 0
+    noise = None if static_zero else jnp.asarray(noise_std, jnp.float32)
+    return _mixed_rollout(masters, prompts, jnp.asarray(prompt_lengths), keys, noise, intervention, config=config,
+                          policy=policy, knobs=knobs, max_new_tokens=max_new_tokens, eos_id=eos_id)
