@@ -1,109 +1,139 @@
-"""An OpenAI-compatible HTTP server for a jaxstack model, standard library only.
+"""An OpenAI-compatible ASGI server (FastAPI + uvicorn) over the continuous-batching engine.
 
-    jaxstack serve --model PATH [--port 8000] [--name NAME]
+    jaxstack serve --model PATH [--model NAME=PATH ...] [--port 8000] [--api-key KEY]
 
-Endpoints (loopback by default):
+Endpoints: ``GET /v1/models`` (every served model: ``id``, ``max_model_len``), ``GET /health``,
+``POST /v1/completions`` and ``POST /v1/chat/completions``, routed by the ``model`` field (absent: the
+first model). Fields, as OpenAI's API: ``prompt`` (a string, strings, token ids or token-id lists) or
+``messages`` (rendered with the model's chat template, else ChatML); ``max_tokens`` (default 16),
+``temperature`` (>= 0, 0 = greedy), ``top_p`` (in (0, 1]), ``top_k`` (>= 0, or -1; 0 and -1 = off),
+``n`` (1..16 choices per prompt), ``seed``, ``stop`` (a string or up to 4), ``stream`` (server-sent
+events, ``data: [DONE]`` last), ``logprobs`` (completions: 0..5 alternatives per token; chat:
+``logprobs: true`` + ``top_logprobs``), ``echo`` (completions: prepend the prompt; with ``logprobs``
+its token log-probs from the scorer, the first one null). ``echo=true, max_tokens=0, logprobs=1``
+scores a prompt: lm-eval's local-completions log-likelihood pattern.
 
-* ``GET /v1/models``: the one served model (``id``, ``max_model_len``).
-* ``POST /v1/completions``: ``prompt`` (a string, a list of strings, a list of token ids or a list of
-  token-id lists), ``max_tokens`` (>= 0, default 16), ``temperature`` (>= 0, default 1; 0 = greedy),
-  ``top_p`` (in (0, 1]), ``stop`` (a string or up to 4), ``logprobs`` (0..5 alternatives per token),
-  ``echo`` (prepend the prompt, and its token log-probs when ``logprobs`` is set), ``seed``.
-  ``echo=true, max_tokens=0, logprobs=1`` scores a prompt: lm-eval's local-completions
-  log-likelihood pattern (the first token's log-prob is ``null``).
-* ``POST /v1/chat/completions``: ``messages`` rendered with the tokenizer's chat template
-  (``tokenizer_config.json`` / ``chat_template.jinja`` beside the model) or ChatML.
+Errors are JSON ``{"error": {"message", "type", "param", "code"}}`` whose message starts with the field
+(``temperature: expected a finite number ...``): 400 for a malformed body (bad JSON, not an object,
+nesting deeper than 64, lone surrogates) or field, and for prompts over the context (checked by
+characters before tokenizing, then by tokens); 401 without the ``--api-key`` bearer token; 404 for
+an unknown model or path; 408 when a body is not received within ``body_timeout_s``; 413 for a body
+over ``max_body_bytes`` (from ``Content-Length`` before reading, or while reading a chunked body);
+429 when a model's queue is full; 503 beyond ``max_connections`` (uvicorn's cap).
 
-Errors are JSON ``{"error": {"message", "type", "param", "code"}}``: 400 for malformed JSON, missing
-or invalid fields (wrong types, negative ``max_tokens``, ``temperature`` < 0, ``top_p`` outside (0, 1],
-``n`` != 1, ``stream``), and prompts that do not fit the model's context with ``max_tokens``; **404**
-for an unknown ``model`` name (as OpenAI's API does) and unknown paths.
-
-Concurrency: HTTP handler threads parse and validate, then put one unit per prompt on a queue. One
-worker thread owns the model: it takes every unit waiting (up to ``max_batch``, waiting at most
-``batch_wait_s`` for more), generates each group of units with equal sampling settings in one jitted
-batch (rows padded to a power of two, prompt width to a power-of-two bucket, so compiled shapes
-repeat), then scores all log-prob requests in one bucketed pass.
+Slow clients: a connection that has not sent its request headers within ``header_timeout_s`` is
+closed (uvicorn itself only times out idle keep-alive connections), one that does not finish its
+body within ``body_timeout_s`` gets 408. A streaming client that disconnects cancels its requests,
+freeing their slots.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import logging
 import pathlib
-import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from jaxstack.inference.engine import Engine, EngineStopped, QueueFull, SamplingParams
+
+logger = logging.getLogger(__name__)
 
 MAX_LOGPROBS = 5
+MAX_N = 16
+MAX_STOP = 4
+MAX_NESTING = 64
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class RequestError(Exception):
-    """A request the server refuses: HTTP status, message and the offending parameter."""
+    """A request the server refuses: HTTP status, message (starting with the field) and the field."""
 
     def __init__(self, message: str, *, status: int = 400, param: str | None = None, code: str | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
 
-    def body(self) -> dict:
+    def response(self) -> JSONResponse:
         kind = "invalid_request_error" if self.status < 500 else "server_error"
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+        headers = {"Connection": "close"} if self.status in (408, 413) else None
+        return JSONResponse({"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}},
+                            status_code=self.status, headers=headers)
 
 
 # ----------------------------------------------------------------------------------------------------
-# Request validation (pure functions of the parsed JSON)
+# Request models (pydantic) and their validation errors
 
 
-def _number(body: dict, name: str, default: float) -> float:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RequestError(f"{name}: expected a number, got {json.dumps(value)}", param=name)
-    return float(value)
+class _Sampling(BaseModel):
+    # strict: "5" is not an integer and true is not a number; unknown fields are ignored, as OpenAI's
+    # clients send fields (user, presence_penalty at 0, ...) that change nothing here
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=0)
+    temperature: float = Field(1.0, ge=0.0, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    top_k: int = Field(0, ge=-1)
+    n: int = Field(1, ge=1, le=MAX_N)
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
+    stop: Any = None
+    stream: bool = False
 
 
-def _integer(body: dict, name: str, default: int | None) -> int | None:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(f"{name}: expected an integer, got {json.dumps(value)}", param=name)
-    return value
+class CompletionRequest(_Sampling):
+    prompt: Any = Field(...)
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False
 
 
-def sampling_params(body: dict, *, default_max_tokens: int) -> dict[str, Any]:
-    """Validated common fields: max_tokens, temperature, top_p, stop, seed."""
-    max_tokens = _integer(body, "max_tokens", None)
-    if max_tokens is None:
-        max_tokens = _integer(body, "max_completion_tokens", default_max_tokens)
-    if max_tokens < 0:
-        raise RequestError(f"max_tokens: expected an integer >= 0, got {max_tokens}", param="max_tokens")
-    temperature = _number(body, "temperature", 1.0)
-    if temperature < 0:
-        raise RequestError(f"temperature: expected a number >= 0, got {temperature}", param="temperature")
-    top_p = _number(body, "top_p", 1.0)
-    if not 0.0 < top_p <= 1.0:
-        raise RequestError(f"top_p: expected a number in (0, 1], got {top_p}", param="top_p")
-    stop = body.get("stop")
-    if stop is None:
-        stop = []
-    elif isinstance(stop, str):
-        stop = [stop]
-    elif not (isinstance(stop, list) and all(isinstance(s, str) and s for s in stop) and len(stop) <= 4):
-        raise RequestError("stop: expected a non-empty string or a list of up to 4 non-empty strings", param="stop")
-    seed = _integer(body, "seed", None)
-    n = _integer(body, "n", 1)
-    if n != 1:
-        raise RequestError(f"n: only n=1 is supported, got {n}", param="n")
-    if body.get("stream"):
-        raise RequestError("stream: streaming is not supported", param="stream")
-    return {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "stop": stop, "seed": seed}
+class ChatCompletionRequest(_Sampling):
+    messages: Any = Field(...)
+    max_completion_tokens: int | None = Field(None, ge=0)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+
+
+_ERROR_TEXT = {
+    "missing": "missing required field", "int_type": "expected an integer", "bool_type": "expected a boolean",
+    "float_type": "expected a number", "finite_number": "expected a finite number",
+    "string_type": "expected a string", "greater_than_equal": "expected a value >= {ge}",
+    "greater_than": "expected a value > {gt}", "less_than_equal": "expected a value <= {le}",
+    "less_than": "expected a value < {lt}",
+}
+
+
+def _field_path(loc: Sequence[Any]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _validation_error(error: ValidationError) -> RequestError:
+    first = error.errors(include_url=False)[0]
+    field = _field_path(first["loc"])
+    text = _ERROR_TEXT.get(first["type"], first["msg"]).format(**first.get("ctx", {}))
+    got = "" if first["type"] == "missing" else f", got {json.dumps(first.get('input'), default=str)[:80]}"
+    return RequestError(f"{field}: {text}{got}", param=field)
+
+
+def _parse(model_class: type[BaseModel], body: dict) -> BaseModel:
+    try:
+        return model_class.model_validate(body)
+    except ValidationError as error:
+        raise _validation_error(error) from None
 
 
 def parse_prompts(prompt: Any) -> list[str | list[int]]:
@@ -122,354 +152,600 @@ def parse_prompts(prompt: Any) -> list[str | list[int]]:
                        "non-empty token-id lists", param="prompt")
 
 
+def parse_stop(stop: Any) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str) and stop:
+        return [stop]
+    if isinstance(stop, list) and len(stop) <= MAX_STOP and all(isinstance(s, str) and s for s in stop):
+        return list(stop)
+    raise RequestError(f"stop: expected a non-empty string or a list of up to {MAX_STOP} non-empty strings",
+                       param="stop")
+
+
+def _check_json(value: Any, path: str = "", depth: int = 0) -> None:
+    """Refuses nesting deeper than MAX_NESTING and strings with lone surrogates (not encodable text)."""
+    if depth > MAX_NESTING:
+        raise RequestError(f"{path or 'body'}: nesting deeper than {MAX_NESTING} levels", param=path or None)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError(f"{path}: the string contains a lone surrogate (not valid Unicode text)",
+                               param=path) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_json(key, path, depth + 1)
+            _check_json(item, f"{path}.{key}" if path else key, depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json(item, f"{path}[{index}]", depth + 1)
+
+
 # ----------------------------------------------------------------------------------------------------
-# Work units and the batching worker
+# Served models
 
 
-@dataclass
-class _Unit:
-    prompt_ids: list[int]
-    max_tokens: int
-    temperature: float
-    top_p: float
-    seed: int | None
-    logprobs: int | None  # alternatives per token, None = no log-probs
-    stop_tokens: tuple[int, ...]
-    done: threading.Event = field(default_factory=threading.Event)
-    tokens: list[int] = field(default_factory=list)
-    stopped: bool = False  # ended on a stop token
-    scores: Any = None  # ScoredSequence over prompt + generated tokens
-    error: BaseException | None = None
+class ServedModel:
+    """One model behind the server: its engine (generation), scorer (echoed prompt log-probs),
+    tokenizer and chat template. ``slots`` / ``max_queue``: the engine's (see jaxstack.inference.engine)."""
 
-
-def _pow2(n: int, smallest: int = 1) -> int:
-    size = smallest
-    while size < n:
-        size *= 2
-    return size
-
-
-class ModelServer:
-    """Serves one model: ``start()`` binds (port 0 = a free port) and serves in a background thread."""
-
-    def __init__(self, model, tokenizer, *, name: str = "jaxstack", chat_template: str | None = None,
-                 host: str = "127.0.0.1", port: int = 8000, max_batch: int = 32, batch_wait_s: float = 0.005,
-                 default_max_tokens: int = 16, score_batch_size: int = 16):
+    def __init__(self, name: str, model, tokenizer, *, chat_template: str | None = None, slots: int = 8,
+                 max_queue: int = 256, score_batch_size: int = 16):
         from jaxstack.inference.scoring import LoglikelihoodScorer
 
-        self.model, self.tokenizer, self.name = model, tokenizer, name
-        self.chat_template = chat_template
-        self.host, self.port = host, port
-        self.max_batch, self.batch_wait_s, self.default_max_tokens = max_batch, batch_wait_s, default_max_tokens
+        self.name, self.model, self.tokenizer, self.chat_template = name, model, tokenizer, chat_template
+        self.engine = Engine(model, slots=slots, max_queue=max_queue, name=name)
         self.scorer = LoglikelihoodScorer(model, tokenizer, batch_size=score_batch_size)
-        self.max_length = self.scorer.max_length
+        self.max_length = self.engine.max_length
+        self.vocab_size = model.config.vocab_size
         backend = getattr(tokenizer, "backend", None)
         im_end = backend.token_to_id("<|im_end|>") if backend is not None else None
         self.eos_tokens = tuple(t for t in (tokenizer.eos_id,) if t is not None)
         self.chat_stop_tokens = tuple(t for t in (*self.eos_tokens, im_end) if t is not None)
+        # every token's text is at most this many characters, so a prompt longer than max_length times
+        # this cannot fit: refused before tokenizing it
+        vocab = backend.get_vocab() if backend is not None else {}
+        self.max_token_chars = max((len(piece) for piece in vocab), default=64)
         self.created = int(time.time())
-        self._queue: queue.Queue[_Unit | None] = queue.Queue()
-        self._worker: threading.Thread | None = None
-        self._httpd: ThreadingHTTPServer | None = None
-        self._http_thread: threading.Thread | None = None
-        self.batches_run = 0  # generation batches, for tests and logs
+        self._score_lock = threading.Lock()
 
-    # -- lifecycle ------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model_dir: str | pathlib.Path, *, name: str | None = None, policy: str | None = None,
+             **kwargs) -> ServedModel:
+        """A local HF directory (config.json, safetensors, tokenizer.json, optional chat template)."""
+        from jaxstack.data.chat import load_chat_template
+        from jaxstack.data.tokenizer import load_tokenizer
+        from jaxstack.models.checkpoint import load_pretrained
 
-    def start(self) -> ModelServer:
-        self._worker = threading.Thread(target=self._work, name="jaxstack-model-worker", daemon=True)
-        self._worker.start()
-        self._httpd = _HTTPServer((self.host, self.port), _handler_class(self))
-        self.port = self._httpd.server_address[1]
-        self._http_thread = threading.Thread(target=self._httpd.serve_forever, name="jaxstack-http", daemon=True)
-        self._http_thread.start()
-        return self
+        model_dir = pathlib.Path(model_dir)
+        return cls(name or model_dir.resolve().name, load_pretrained(model_dir, policy=policy),
+                   load_tokenizer(model_dir), chat_template=load_chat_template(model_dir), **kwargs)
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    def info(self) -> dict:
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "jaxstack",
+                "max_model_len": self.max_length}
 
-    def shutdown(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        self._queue.put(None)
-        if self._worker is not None:
-            self._worker.join(timeout=10)
-
-    def serve_forever(self) -> None:
-        """Blocks until Ctrl-C (starts the server first if ``start()`` was not called)."""
-        if self._httpd is None:
-            self.start()
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.shutdown()
-
-    # -- the worker -----------------------------------------------------------------------------
-
-    def _work(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            units = [first]
-            deadline = time.monotonic() + self.batch_wait_s
-            while len(units) < self.max_batch:
-                try:
-                    unit = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if unit is None:
-                    self._queue.put(None)
-                    break
-                units.append(unit)
-            try:
-                self._run(units)
-            except BaseException as error:  # noqa: BLE001 - reported to every waiting request
-                for unit in units:
-                    unit.error = error
-            for unit in units:
-                unit.done.set()
-
-    def _run(self, units: list[_Unit]) -> None:
-        from jaxstack.inference.sampler import SamplingConfig, generate
-
-        groups: dict[tuple, list[_Unit]] = {}
-        for unit in units:
-            if unit.max_tokens > 0:
-                key = (unit.temperature, unit.top_p, unit.seed, unit.stop_tokens)
-                groups.setdefault(key, []).append(unit)
-        for (temperature, top_p, seed, stop_tokens), group in groups.items():
-            rows = _pow2(len(group))
-            prompts = [u.prompt_ids for u in group] + [group[-1].prompt_ids] * (rows - len(group))
-            width = min(_pow2(max(len(p) for p in prompts), 16), self.max_length)
-            new_tokens = _pow2(max(u.max_tokens for u in group), 16)
-            config = SamplingConfig(max_new_tokens=new_tokens, temperature=temperature,
-                                    top_p=None if top_p >= 1.0 else top_p, stop_tokens=stop_tokens)
-            result = generate(self.model, prompts, config, seed=0 if seed is None else seed, pad_length=width)
-            tokens, lengths = np.asarray(result.tokens), np.asarray(result.lengths)
-            self.batches_run += 1
-            for row, unit in enumerate(group):
-                produced = tokens[row, : min(int(lengths[row]), unit.max_tokens)].tolist()
-                unit.stopped = bool(produced) and produced[-1] in stop_tokens
-                unit.tokens = produced
-        scoring = [u for u in units if u.logprobs is not None and len(u.prompt_ids) + len(u.tokens) >= 2]
-        if scoring:
-            top_k = 1 if all(u.logprobs <= 1 for u in scoring) else MAX_LOGPROBS
-            scored = self.scorer.score_sequences([u.prompt_ids + u.tokens for u in scoring], top_k=top_k)
-            for unit, scores in zip(scoring, scored):
-                unit.scores = scores
-
-    def submit(self, units: list[_Unit], timeout: float = 600.0) -> None:
-        for unit in units:
-            self._queue.put(unit)
-        for unit in units:
-            if not unit.done.wait(timeout):
-                raise RequestError("the model worker did not answer in time", status=503)
-            if unit.error is not None:
-                raise RequestError(f"generation failed: {unit.error}", status=500)
-
-    # -- request handling -----------------------------------------------------------------------
-
-    def _check_model(self, body: dict) -> None:
-        name = body.get("model")
-        if name is not None and name != self.name:
-            raise RequestError(f"model: {name!r} is not served here; this server serves {self.name!r}",
-                               status=404, param="model", code="model_not_found")
-
-    def _encode_prompt(self, prompt: str | list[int], index: int, max_tokens: int) -> list[int]:
-        if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt) if prompt else [self.tokenizer.eos_id]
-        else:
-            vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
-            if vocab is not None and (min(prompt) < 0 or max(prompt) >= vocab):
-                raise RequestError(f"prompt[{index}]: token ids must be in [0, {vocab})", param="prompt")
-            ids = list(prompt)
+    def encode_prompt(self, prompt: str | list[int], index: int, max_tokens: int) -> list[int]:
         # scoring only (max_tokens=0) runs the model on prompt[:-1], so one more token fits
         limit = self.max_length + (1 if max_tokens == 0 else 0)
+        if isinstance(prompt, str):
+            if len(prompt) > limit * self.max_token_chars:
+                raise RequestError(f"prompt[{index}]: {len(prompt)} characters cannot fit the model's context of "
+                                   f"{self.max_length} tokens", param="prompt", code="context_length_exceeded")
+            ids = self.tokenizer.encode(prompt) if prompt else [self.tokenizer.eos_id]
+        else:
+            if min(prompt) < 0 or max(prompt) >= self.vocab_size:
+                raise RequestError(f"prompt[{index}]: token ids must be in [0, {self.vocab_size})", param="prompt")
+            ids = list(prompt)
         if len(ids) + max_tokens > limit:
             raise RequestError(
                 f"prompt[{index}]: {len(ids)} prompt tokens + max_tokens {max_tokens} exceed the model's context of "
                 f"{self.max_length} tokens", param="prompt", code="context_length_exceeded")
         return ids
 
-    def _token_text(self, token: int) -> str:
-        return self.tokenizer.decode([token])
+    def score(self, sequences: list[list[int]], top_k: int):
+        with self._score_lock:
+            return self.scorer.score_sequences(sequences, top_k=top_k)
 
-    def _finish(self, unit: _Unit, stop: list[str]) -> tuple[str, list[int], str]:
-        """(completion text, kept generated tokens, finish_reason) after stop tokens / strings."""
-        tokens = [t for t in unit.tokens]
-        reason = "stop" if unit.stopped else "length"
-        if unit.stopped:
-            tokens = tokens[:-1]
-        text = self.tokenizer.decode(tokens)
-        cuts = [text.find(s) for s in stop if s in text]
+
+@dataclasses.dataclass
+class _Choice:
+    """One generated choice as it streams: the engine request, its tokens, its text so far."""
+
+    index: int
+    prompt_ids: list[int]
+    request: Any = None
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    tops: list[dict[int, float]] = dataclasses.field(default_factory=list)
+    text: str = ""
+    sent: int = 0  # characters of text already streamed
+    finish_reason: str | None = None
+
+
+# ----------------------------------------------------------------------------------------------------
+# The server
+
+
+class _TimedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's headers (a slow or stalled client is
+    disconnected after ``header_timeout`` seconds instead of holding its connection forever)."""
+
+    header_timeout = 10.0
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_timed_out)
+
+    def _cancel_header_timer(self) -> None:
+        timer = getattr(self, "_header_timer", None)
+        if timer is not None:
+            timer.cancel()
+        self._header_timer = None
+
+    def _headers_timed_out(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle and self.cycle is not None:  # a request's headers arrived
+            self._cancel_header_timer()
+
+    def on_response_complete(self) -> None:
+        self._arm_header_timer()  # the next request on this connection gets its own deadline
+        super().on_response_complete()
+
+    def connection_lost(self, exc) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+
+class ModelServer:
+    """Serves ``models`` (ServedModel, routed by name): ``start()`` warms every engine up, binds (port 0
+    = a free port) and serves on a background thread; ``serve_forever()`` blocks.
+
+    max_body_bytes: request bodies above are refused (413). header_timeout_s / body_timeout_s: slow
+    clients (module docstring). max_connections: open connections before uvicorn answers 503.
+    max_prompt_chars: string prompts longer are refused before tokenizing (besides the per-model check).
+    """
+
+    def __init__(self, models: Sequence[ServedModel], *, host: str = "127.0.0.1", port: int = 8000,
+                 api_key: str | None = None, default_max_tokens: int = 16, max_body_bytes: int = 16 * 2**20,
+                 header_timeout_s: float = 10.0, body_timeout_s: float = 30.0, max_connections: int = 1024):
+        if not models:
+            raise ValueError("models: expected at least one ServedModel")
+        names = [m.name for m in models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models: names must be distinct, got {names}")
+        self.models = {m.name: m for m in models}
+        self.host, self.port, self.api_key = host, port, api_key
+        self.default_max_tokens, self.max_body_bytes = default_max_tokens, max_body_bytes
+        self.header_timeout_s, self.body_timeout_s = header_timeout_s, body_timeout_s
+        self.max_connections = max_connections
+        self.app = self._build_app()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        if host not in LOOPBACK and not api_key:
+            logger.warning("serving on %s without --api-key: anyone who can reach this address can use the "
+                           "models; pass --api-key or bind 127.0.0.1", host)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _uvicorn(self) -> uvicorn.Server:
+        protocol = type("TimedH11Protocol", (_TimedH11Protocol,), {"header_timeout": self.header_timeout_s})
+        config = uvicorn.Config(self.app, host=self.host, port=self.port, http=protocol, lifespan="off",
+                                limit_concurrency=self.max_connections, timeout_keep_alive=5, log_level="warning",
+                                backlog=2048)
+        return uvicorn.Server(config)
+
+    def warm_up(self) -> None:
+        for served in self.models.values():
+            served.engine.start()
+
+    def start(self, timeout: float = 60.0) -> ModelServer:
+        self.warm_up()
+        self._server = self._uvicorn()
+        self._thread = threading.Thread(target=self._server.run, name="jaxstack-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the HTTP server did not start on {self.host}:{self.port}")
+            time.sleep(0.01)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def shutdown(self, *, engines: bool = True) -> None:
+        """Stops the HTTP server, and the models' engines unless ``engines=False`` (models shared with
+        another server)."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if engines:
+            for served in self.models.values():
+                served.engine.shutdown()
+
+    def serve_forever(self) -> None:
+        """Warms up and serves in this thread until Ctrl-C."""
+        self.warm_up()
+        self._server = self._uvicorn()
+        try:
+            self._server.run()
+        finally:
+            for served in self.models.values():
+                served.engine.shutdown()
+
+    # -- the app --------------------------------------------------------------------------------
+
+    def _build_app(self) -> FastAPI:
+        app = FastAPI(title="jaxstack", docs_url=None, redoc_url=None, openapi_url=None)
+
+        @app.exception_handler(RequestError)
+        async def request_error(request: Request, error: RequestError):
+            return error.response()
+
+        @app.exception_handler(StarletteHTTPException)
+        async def http_error(request: Request, error: StarletteHTTPException):
+            message = (f"unknown path {request.url.path}; POST /v1/completions or /v1/chat/completions, "
+                       "GET /v1/models or /health" if error.status_code == 404 else str(error.detail))
+            return RequestError(message, status=error.status_code).response()
+
+        @app.exception_handler(Exception)
+        async def internal_error(request: Request, error: Exception):
+            logger.exception("internal error on %s", request.url.path)
+            return RequestError(f"internal error: {error!r}", status=500).response()
+
+        @app.middleware("http")
+        async def check_api_key(request: Request, call_next):
+            if self.api_key and request.url.path.startswith("/v1"):
+                if request.headers.get("authorization") != f"Bearer {self.api_key}":
+                    return RequestError("authorization: expected the header 'Authorization: Bearer <api key>'",
+                                        status=401, param="authorization", code="invalid_api_key").response()
+            return await call_next(request)
+
+        @app.get("/health")
+        @app.get("/v1/health")
+        async def health():
+            return {"status": "ok", "models": {name: m.engine.stats() for name, m in self.models.items()}}
+
+        @app.get("/v1/models")
+        async def models():
+            return {"object": "list", "data": [m.info() for m in self.models.values()]}
+
+        @app.post("/v1/completions")
+        async def completions(request: Request):
+            body = _parse(CompletionRequest, await self._read_json(request))
+            return await self._completions(request, body)
+
+        @app.post("/v1/chat/completions")
+        async def chat_completions(request: Request):
+            body = _parse(ChatCompletionRequest, await self._read_json(request))
+            return await self._chat(request, body)
+
+        return app
+
+    async def _read_json(self, request: Request) -> dict:
+        """The body as a JSON object: size-capped before and while reading, time-limited, checked."""
+        length = request.headers.get("content-length")
+        if length is not None and int(length) > self.max_body_bytes:  # h11 has checked it is a number
+            raise RequestError(f"body: {int(length)} bytes exceed the limit of {self.max_body_bytes}", status=413)
+
+        async def read() -> bytes:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise RequestError(f"body: more than the limit of {self.max_body_bytes} bytes", status=413)
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        try:
+            raw = await asyncio.wait_for(read(), self.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(f"body: not received within {self.body_timeout_s} s", status=408) from None
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise RequestError(f"body: the request body is not valid JSON: {error}") from None
+        except RecursionError:
+            raise RequestError(f"body: nesting deeper than {MAX_NESTING} levels") from None
+        if not isinstance(body, dict):
+            raise RequestError("body: the request body must be a JSON object")
+        _check_json(body)
+        return body
+
+    def _served(self, name: str | None) -> ServedModel:
+        if name is None:
+            return next(iter(self.models.values()))
+        if name not in self.models:
+            raise RequestError(f"model: {name!r} is not served here; this server serves {sorted(self.models)}",
+                               status=404, param="model", code="model_not_found")
+        return self.models[name]
+
+    def _params(self, body, max_tokens: int, stop_ids: tuple[int, ...], choice: int) -> SamplingParams:
+        seed = None if body.seed is None else body.seed + choice
+        return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
+                              top_k=max(body.top_k, 0), seed=seed, stop_ids=stop_ids)
+
+    # -- generation, shared by both endpoints ---------------------------------------------------
+
+    def _launch(self, served: ServedModel, choices: list[_Choice], body, max_tokens: int,
+                stop_ids: tuple[int, ...], n: int) -> asyncio.Queue:
+        """Submits every choice; returns the queue their (choice, event) pairs arrive on."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def listener_for(choice: _Choice):
+            def listener(request, event):
+                loop.call_soon_threadsafe(events.put_nowait, (choice, event))
+            return listener
+
+        try:
+            for choice in choices:
+                params = self._params(body, max_tokens, stop_ids, choice.index % n)
+                choice.request = served.engine.submit(choice.prompt_ids, params, listener_for(choice))
+        except (QueueFull, EngineStopped, ValueError) as error:
+            for choice in choices:
+                if choice.request is not None:
+                    choice.request.cancel()
+            if isinstance(error, QueueFull):
+                raise RequestError(str(error), status=429, code="queue_full") from None
+            if isinstance(error, EngineStopped):
+                raise RequestError(str(error), status=503) from None
+            field = str(error).split(":", 1)[0]
+            raise RequestError(str(error), param=field) from None
+        return events
+
+    def _advance(self, served: ServedModel, choice: _Choice, event, stop: list[str]) -> None:
+        """Takes one engine event into the choice: token, text, stop strings, finish reason."""
+        request = choice.request
+        if event is None:
+            if request.finish_reason == "error":
+                raise RuntimeError(f"generation failed: {request.error!r}")
+            if choice.finish_reason is None:
+                choice.finish_reason = "stop" if request.finish_reason == "stop" else "length"
+            return
+        if choice.finish_reason is not None:
+            return  # already cut at a stop string; the engine request was cancelled
+        if event.token in request.params.stop_ids:
+            return  # the stop token ends the text and is not part of it
+        choice.tokens.append(event.token)
+        choice.logprobs.append(event.logprob)
+        choice.tops.append(dict(zip(event.top_ids, event.top_logprobs)))
+        choice.text = served.tokenizer.decode(choice.tokens)
+        cuts = [choice.text.find(s) for s in stop if s in choice.text]
         if cuts:
             cut = min(cuts)
-            text, reason = text[:cut], "stop"
+            choice.text, choice.finish_reason = choice.text[:cut], "stop"
             kept = 0  # the shortest token prefix whose text covers the kept text
-            while kept < len(tokens) and len(self.tokenizer.decode(tokens[:kept])) < cut:
+            while kept < len(choice.tokens) and len(served.tokenizer.decode(choice.tokens[:kept])) < cut:
                 kept += 1
-            tokens = tokens[:kept]
-        return text, tokens, reason
+            del choice.tokens[kept:], choice.logprobs[kept:], choice.tops[kept:]
+            request.cancel()
 
-    def _logprobs_block(self, unit: _Unit, tokens: list[int], echo: bool) -> dict:
-        all_tokens = unit.prompt_ids + tokens
-        values: list[float | None] = [None]
-        tops: list[dict | None] = [None]
-        if unit.scores is not None:
-            k = unit.logprobs
-            for position in range(len(all_tokens) - 1):
-                values.append(float(unit.scores.logprobs[position]))
-                top = {}
-                for value, token in zip(unit.scores.top_logprobs[position][:max(k, 1)],
-                                        unit.scores.top_tokens[position][:max(k, 1)]):
-                    top.setdefault(self._token_text(int(token)), float(value))
-                tops.append(top if k > 0 else None)
-        start = 0 if echo else len(unit.prompt_ids)
-        texts = [self._token_text(t) for t in all_tokens]
+    @staticmethod
+    def _streamable(choice: _Choice, stop: list[str]) -> str:
+        """Text that can be sent now: all of it once finished; else hold back a possible stop-string
+        prefix and an incomplete UTF-8 character (decoded as U+FFFD)."""
+        text = choice.text
+        if choice.finish_reason is None:
+            hold = max((len(s) - 1 for s in stop), default=0)
+            end = len(text) - hold
+            while end > choice.sent and text[end - 1] == "\ufffd":
+                end -= 1
+            text = text[:max(end, choice.sent)]
+        delta = text[choice.sent:]
+        choice.sent = len(text)
+        return delta
+
+    async def _run_all(self, served, choices, events, stop, http: Request) -> None:
+        """Waits for every choice to finish (non-streaming); cancels all if the client goes away."""
+        pending = {id(c) for c in choices}
+        try:
+            while pending:
+                try:
+                    choice, event = await asyncio.wait_for(events.get(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    if await http.is_disconnected():
+                        raise asyncio.CancelledError from None
+                    continue
+                self._advance(served, choice, event, stop)
+                if event is None:
+                    pending.discard(id(choice))
+        finally:
+            for choice in choices:
+                if not choice.request.done:
+                    choice.request.cancel()
+
+    async def _stream(self, served, choices, events, stop, chunk_of):
+        """SSE: ``data: {chunk}`` per text delta, a last chunk per choice with its finish_reason, then
+        ``data: [DONE]``. A client disconnect cancels every choice (the generator is closed)."""
+        pending = {id(c) for c in choices}
+        try:
+            for choice in choices:
+                first = chunk_of(choice, None, None, first=True)
+                if first is not None:
+                    yield f"data: {json.dumps(first, ensure_ascii=False)}\n\n"
+            while pending:
+                choice, event = await events.get()
+                self._advance(served, choice, event, stop)
+                delta = self._streamable(choice, stop)
+                if event is None:
+                    pending.discard(id(choice))
+                    yield f"data: {json.dumps(chunk_of(choice, delta, choice.finish_reason), ensure_ascii=False)}\n\n"
+                elif delta:
+                    yield f"data: {json.dumps(chunk_of(choice, delta, None), ensure_ascii=False)}\n\n"
+            yield "data: [DONE]\n\n"
+        except Exception as error:  # noqa: BLE001 - the status is sent already: report in-band
+            logger.exception("stream failed")
+            failure = {"error": {"message": f"internal error: {error!r}", "type": "server_error", "param": None,
+                                 "code": None}}
+            yield f"data: {json.dumps(failure)}\n\n"
+        finally:
+            for choice in choices:
+                if choice.request is not None and not choice.request.done:
+                    choice.request.cancel()
+
+    # -- /v1/completions ------------------------------------------------------------------------
+
+    async def _completions(self, http: Request, body: CompletionRequest):
+        served = self._served(body.model)
+        prompts = parse_prompts(body.prompt)
+        stop = parse_stop(body.stop)
+        max_tokens = self.default_max_tokens if body.max_tokens is None else body.max_tokens
+        if body.stream and (body.echo or max_tokens == 0 or body.logprobs is not None):
+            raise RequestError("stream: not supported together with echo, logprobs or max_tokens=0; send "
+                               "stream=false", param="stream")
+        encoded = [served.encode_prompt(p, i, max_tokens) for i, p in enumerate(prompts)]
+        n = body.n
+        choices = [_Choice(i * n + j, ids) for i, ids in enumerate(encoded) for j in range(n)]
+        created, cid = int(time.time()), f"cmpl-{uuid.uuid4().hex[:24]}"
+        if max_tokens > 0:
+            events = self._launch(served, choices, body, max_tokens, served.eos_tokens, n)
+            if body.stream:
+                def chunk_of(choice, delta, reason, first=False):
+                    if first:
+                        return None
+                    return {"id": cid, "object": "text_completion", "created": created, "model": served.name,
+                            "choices": [{"index": choice.index, "text": delta, "logprobs": None,
+                                         "finish_reason": reason}]}
+
+                return StreamingResponse(self._stream(served, choices, events, stop, chunk_of),
+                                         media_type="text/event-stream")
+            await self._run_all(served, choices, events, stop, http)
+        else:
+            for choice in choices:
+                choice.finish_reason = "length"
+        prompt_scores = None
+        if body.echo and body.logprobs is not None:
+            sequences = [c.prompt_ids for c in choices]
+            scorable = [i for i, s in enumerate(sequences) if len(s) >= 2]
+            top_k = 1 if body.logprobs <= 1 else MAX_LOGPROBS
+            scored = await asyncio.to_thread(served.score, [sequences[i] for i in scorable], top_k) if scorable else []
+            prompt_scores = dict(zip(scorable, scored))
+        out, completion_tokens = [], 0
+        for position, choice in enumerate(choices):
+            prompt = prompts[choice.index // n]
+            text = choice.text
+            if body.echo:
+                text = (prompt if isinstance(prompt, str) else served.tokenizer.decode(choice.prompt_ids)) + text
+            completion_tokens += len(choice.tokens)
+            logprobs = None
+            if body.logprobs is not None:
+                scores = None if prompt_scores is None else prompt_scores.get(position, "short")
+                logprobs = self._logprobs_block(served, choice, body.logprobs, body.echo, scores)
+            out.append({"index": choice.index, "text": text, "finish_reason": choice.finish_reason,
+                        "logprobs": logprobs})
+        prompt_tokens = sum(len(ids) for ids in encoded)
+        return {"id": cid, "object": "text_completion", "created": created, "model": served.name, "choices": out,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens}}
+
+    def _logprobs_block(self, served: ServedModel, choice: _Choice, k: int, echo: bool, prompt_scores) -> dict:
+        """OpenAI's completions ``logprobs``: tokens, token_logprobs, top_logprobs, text_offset; the
+        prompt's part (with echo) from the scorer, the first prompt token's log-prob null."""
+        text_of = served.tokenizer.decode
+        tokens, values, tops = [], [], []
+        if echo:
+            tokens = list(choice.prompt_ids)
+            values, tops = [None], [None]
+            if prompt_scores not in (None, "short"):
+                for position in range(len(tokens) - 1):
+                    values.append(float(prompt_scores.logprobs[position]))
+                    top: dict[str, float] = {}
+                    for value, token in zip(prompt_scores.top_logprobs[position][:max(k, 1)],
+                                            prompt_scores.top_tokens[position][:max(k, 1)]):
+                        top.setdefault(text_of([int(token)]), float(value))
+                    tops.append(top if k > 0 else None)
+        for token, value, alternatives in zip(choice.tokens, choice.logprobs, choice.tops):
+            tokens.append(token)
+            values.append(value)
+            top = {}
+            for alternative, lp in list(alternatives.items())[:max(k, 1)]:
+                top.setdefault(text_of([alternative]), lp)
+            tops.append(top if k > 0 else None)
+        texts = [text_of([t]) for t in tokens]
         offsets, position = [], 0
         for text in texts:
             offsets.append(position)
             position += len(text)
-        return {"tokens": texts[start:], "token_logprobs": values[start:], "top_logprobs": tops[start:],
-                "text_offset": offsets[start:]}
+        return {"tokens": texts, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
 
-    def completions(self, body: dict) -> dict:
-        self._check_model(body)
-        if "prompt" not in body:
-            raise RequestError("prompt: missing required field", param="prompt")
-        prompts = parse_prompts(body["prompt"])
-        params = sampling_params(body, default_max_tokens=self.default_max_tokens)
-        logprobs = _integer(body, "logprobs", None)
-        if logprobs is not None and not 0 <= logprobs <= MAX_LOGPROBS:
-            raise RequestError(f"logprobs: expected an integer in [0, {MAX_LOGPROBS}] or null, got {logprobs}",
-                               param="logprobs")
-        echo = body.get("echo", False)
-        if not isinstance(echo, bool):
-            raise RequestError(f"echo: expected a boolean, got {json.dumps(echo)}", param="echo")
-        units = [
-            _Unit(self._encode_prompt(p, i, params["max_tokens"]), params["max_tokens"], params["temperature"],
-                  params["top_p"], params["seed"], logprobs, self.eos_tokens)
-            for i, p in enumerate(prompts)
-        ]
-        self.submit(units)
-        choices, completion_tokens = [], 0
-        for index, (prompt, unit) in enumerate(zip(prompts, units)):
-            text, tokens, reason = self._finish(unit, params["stop"])
-            completion_tokens += len(tokens)
-            if echo:
-                prompt_text = prompt if isinstance(prompt, str) else self.tokenizer.decode(unit.prompt_ids)
-                text = prompt_text + text
-            choice = {"index": index, "text": text, "finish_reason": reason, "logprobs": None}
-            if logprobs is not None:
-                choice["logprobs"] = self._logprobs_block(unit, tokens, echo)
-            choices.append(choice)
-        prompt_tokens = sum(len(u.prompt_ids) for u in units)
-        return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-                "model": self.name, "choices": choices,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens}}
+    # -- /v1/chat/completions -------------------------------------------------------------------
 
-    def chat_completions(self, body: dict) -> dict:
+    async def _chat(self, http: Request, body: ChatCompletionRequest):
         from jaxstack.data.chat import apply_chat_template
 
-        self._check_model(body)
-        if "messages" not in body:
-            raise RequestError("messages: missing required field", param="messages")
+        served = self._served(body.model)
         try:
-            text = apply_chat_template(body["messages"], self.chat_template)
+            text = apply_chat_template(body.messages, served.chat_template)
         except ValueError as error:
-            raise RequestError(str(error), param="messages") from error
-        params = sampling_params(body, default_max_tokens=self.default_max_tokens)
-        if body.get("logprobs"):
-            raise RequestError("logprobs: not supported on /v1/chat/completions; use /v1/completions",
-                               param="logprobs")
-        unit = _Unit(self._encode_prompt(text, 0, params["max_tokens"]), params["max_tokens"], params["temperature"],
-                     params["top_p"], params["seed"], None, self.chat_stop_tokens)
-        self.submit([unit])
-        content, tokens, reason = self._finish(unit, params["stop"])
-        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-                "model": self.name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                             "finish_reason": reason, "logprobs": None}],
-                "usage": {"prompt_tokens": len(unit.prompt_ids), "completion_tokens": len(tokens),
-                          "total_tokens": len(unit.prompt_ids) + len(tokens)}}
+            raise RequestError(str(error), param="messages") from None
+        stop = parse_stop(body.stop)
+        max_tokens = body.max_completion_tokens if body.max_tokens is None else body.max_tokens
+        max_tokens = self.default_max_tokens if max_tokens is None else max_tokens
+        if max_tokens == 0:
+            raise RequestError("max_tokens: expected an integer >= 1 for chat completions", param="max_tokens")
+        ids = served.encode_prompt(text, 0, max_tokens)
+        choices = [_Choice(j, ids) for j in range(body.n)]
+        created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        events = self._launch(served, choices, body, max_tokens, served.chat_stop_tokens, body.n)
+        top_n = body.top_logprobs or 0
+        if body.stream:
+            def chunk_of(choice, delta, reason, first=False):
+                message = {"role": "assistant", "content": ""} if first else (
+                    {"content": delta} if delta else {})
+                return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": served.name,
+                        "choices": [{"index": choice.index, "delta": message, "logprobs": None,
+                                     "finish_reason": reason}]}
 
-    def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.name, "object": "model", "created": self.created,
-                                            "owned_by": "jaxstack", "max_model_len": self.max_length}]}
+            return StreamingResponse(self._stream(served, choices, events, stop, chunk_of),
+                                     media_type="text/event-stream")
+        await self._run_all(served, choices, events, stop, http)
+        out = []
+        for choice in choices:
+            logprobs = None
+            if body.logprobs:
+                logprobs = {"content": [self._chat_logprob(served, t, v, alts, top_n)
+                                        for t, v, alts in zip(choice.tokens, choice.logprobs, choice.tops)]}
+            out.append({"index": choice.index, "message": {"role": "assistant", "content": choice.text},
+                        "finish_reason": choice.finish_reason, "logprobs": logprobs})
+        completion_tokens = sum(len(c.tokens) for c in choices)
+        return {"id": cid, "object": "chat.completion", "created": created, "model": served.name, "choices": out,
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": completion_tokens,
+                          "total_tokens": len(ids) + completion_tokens}}
 
+    @staticmethod
+    def _chat_logprob(served: ServedModel, token: int, value: float, alternatives: dict[int, float], top_n: int):
+        def entry(t, lp):
+            text = served.tokenizer.decode([t])
+            return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8", "replace"))}
 
-class _HTTPServer(ThreadingHTTPServer):
-    # socketserver's default listen backlog is 5: a burst of concurrent clients would see resets
-    request_queue_size = 256
-    daemon_threads = True
-
-
-def _handler_class(server: ModelServer):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format, *args):  # quiet; the CLI prints one line at start
-            pass
-
-        def _send(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self):
-            if self.path.rstrip("/") == "/v1/models":
-                self._send(200, server.models())
-            elif self.path.rstrip("/") in ("/health", "/v1/health"):
-                self._send(200, {"status": "ok"})
-            else:
-                self._send(404, RequestError(f"unknown path {self.path}", status=404).body())
-
-        def do_POST(self):
-            routes = {"/v1/completions": server.completions, "/v1/chat/completions": server.chat_completions}
-            route = routes.get(self.path.rstrip("/"))
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length > 0 else b""
-                if route is None:
-                    raise RequestError(f"unknown path {self.path}; POST /v1/completions or /v1/chat/completions",
-                                       status=404)
-                try:
-                    body = json.loads(raw.decode("utf-8"))
-                except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                    raise RequestError(f"the request body is not valid JSON: {error}") from error
-                if not isinstance(body, dict):
-                    raise RequestError("the request body must be a JSON object")
-                self._send(200, route(body))
-            except RequestError as error:
-                self._send(error.status, error.body())
-            except Exception as error:  # noqa: BLE001 - a server must answer
-                self._send(500, RequestError(f"internal error: {error}", status=500).body())
-
-    return Handler
+        return {**entry(token, value), "top_logprobs": [entry(t, lp) for t, lp in list(alternatives.items())[:top_n]]}
 
 
-def load_server(model_dir: str | pathlib.Path, *, name: str | None = None, policy: str | None = None,
+def load_server(model_dirs: Sequence[tuple[str | None, str | pathlib.Path]] | str | pathlib.Path, *,
+                name: str | None = None, policy: str | None = None, slots: int = 8, max_queue: int = 256,
                 **kwargs) -> ModelServer:
-    """A ModelServer for a local HF directory (config.json, safetensors, tokenizer.json)."""
-    from jaxstack.data.tokenizer import load_tokenizer
-    from jaxstack.data.chat import load_chat_template
-    from jaxstack.models.checkpoint import load_pretrained
-
-    model_dir = pathlib.Path(model_dir)
-    model = load_pretrained(model_dir, policy=policy)
-    tokenizer = load_tokenizer(model_dir)
-    return ModelServer(model, tokenizer, name=name or model_dir.resolve().name,
-                       chat_template=load_chat_template(model_dir), **kwargs)
+    """A ModelServer for local HF directories: one path (named ``name`` or after the directory), or
+    (name or None, path) pairs (``jaxstack serve --model NAME=PATH``, repeated)."""
+    if isinstance(model_dirs, (str, pathlib.Path)):
+        model_dirs = [(name, model_dirs)]
+    models = [ServedModel.load(path, name=model_name, policy=policy, slots=slots, max_queue=max_queue)
+              for model_name, path in model_dirs]
+    return ModelServer(models, **kwargs)
 
 
-__all__ = ["ModelServer", "RequestError", "load_server", "parse_prompts", "sampling_params"]
+__all__ = ["ModelServer", "RequestError", "ServedModel", "load_server", "parse_prompts", "parse_stop"]
