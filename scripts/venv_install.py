@@ -1,15 +1,17 @@
 """Install packages into this interpreter's environment with uv, honouring the machine's pip config.
 
 `make` calls it as ``.venv/bin/python scripts/venv_install.py -e '.[test]'``. uv resolves and
-installs the test environment in ~15 s where pip takes ~2.5 min on 2 cores, but uv does not read
+installs the test environment in ~1 min where pip takes ~2.5 min on 2 cores, but uv does not read
 ``pip.conf``. This script reads the pip settings that decide *what* gets installed (index URLs,
 find-links, constraint files, ``no-index``, the CA bundle) with ``pip config list`` and passes them
 to uv, so both installers see the same package sources (here: local wheels, including the CPU
 torch build, and a torch cap in a constraint file).
 
 ``--index-strategy unsafe-best-match`` is pip's own rule (the best version across all indexes);
-uv's default stops at the first index that has a package at all. uv does not pre-compile
-bytecode; Python writes the ``.pyc`` files on first import instead.
+uv's default stops at the first index that has a package at all. ``--compile-bytecode`` writes the
+``.pyc`` files at install time as pip does: uv's default leaves them to the first import, and where
+``PYTHONDONTWRITEBYTECODE`` is set (as on this machine) every process would then compile torch, jax and
+transformers from source again (~10 s of CPU per test worker or subprocess).
 
 Usage: ``python scripts/venv_install.py PIP-INSTALL-ARGS...``
 """
@@ -86,7 +88,7 @@ def main(argv: list[str]) -> int:
     if not argv:
         raise SystemExit(__doc__)
     args, env = uv_arguments(pip_settings())
-    cmd = [uv_binary(), "pip", "install", "--quiet", "--python", sys.executable, *args, *argv]
+    cmd = [uv_binary(), "pip", "install", "--quiet", "--compile-bytecode", "--python", sys.executable, *args, *argv]
     print("+", shlex.join(cmd), flush=True)
     return subprocess.run(cmd, env={**os.environ, **env}).returncode
 
