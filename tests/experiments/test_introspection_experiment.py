@@ -139,6 +139,9 @@ def micro(tmp_path_factory):
     return config, run_dir, json.loads((run_dir / "summary.json").read_text())
 
 
+# The micro run costs ~30 s (it trains a base model and a reporter); in `make test` the same code path is
+# kept by test_paper_path_runs_without_sampling_on_a_tiny_hf_model and the synthetic can-fail tests above.
+@pytest.mark.slow
 def test_micro_run_writes_every_figure_with_error_bars(micro):
     config, run_dir, summary = micro
     for name in ("exp1_layers.png", "exp1_strength.png", "exp2_thoughts_vs_text.png", "exp3_prefill.png",
@@ -171,6 +174,7 @@ def test_micro_run_writes_every_figure_with_error_bars(micro):
     assert {"concept", "random", "none", "control", "control_none", "matched"} <= kinds
 
 
+@pytest.mark.slow
 def test_micro_run_can_fail(micro):
     _, _, summary = micro
     # an untrained 2-layer model on a 20-step budget reports nothing: the reporter claim must not hold

@@ -189,6 +189,9 @@ def test_client_raises_server_errors(client):
         client.completions("a", top_p=2)
 
 
+# ~15 s (a 1024-token context); scoring through the server stays fast in
+# test_scoring_through_server_equals_in_process and test_echo_scoring_pattern.
+@pytest.mark.slow
 def test_prompted_global_piqa_through_server_and_in_process(served):
     """The generation format end to end (a random model answers nonsense: the pipeline, not accuracy).
     The instruction prompt is ~290 tokens for this tokenizer, so the model gets a 1024-token context."""

@@ -86,6 +86,9 @@ def test_loss_scaled_update_skip_nonfinite_with_a_disabled_scaler():
     assert _equal(kept, params) and int(counted.skipped) == 1 and float(counted.scale) == 1.0
 
 
+# ~17 s (a trainer run); the scaler itself stays fast: test_fp16_overflow_skips_the_step_and_halves_the_scale
+# and test_fp16_finite_steps_update_and_grow_the_scale, on the same train step the trainer jits.
+@pytest.mark.slow
 def test_trainer_logs_the_loss_scale_for_fp16(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
     result = subprocess.run(
