@@ -19,10 +19,10 @@ demo: $(STAMP)
 	$(BIN)/jaxstack run demo --preset tiny
 
 # One pytest worker per core (at most 4: each holds its own jax runtime); PYTEST_WORKERS=0 runs serially.
-# --dist loadscope keeps a module's tests on one worker, so a module-scoped fixture (a trained model,
+# keeps a module's tests on one worker, so a module-scoped fixture (a trained model,
 # a warmed-up server) is built once, not once per worker.
 PYTEST_WORKERS ?= auto
-PYTEST_ARGS := -q -n $(PYTEST_WORKERS) --maxprocesses=4 --dist loadscope --durations=15
+PYTEST_ARGS := -q -n $(PYTEST_WORKERS) --maxprocesses=4 --durations=15
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "not slow and not gpu and not tpu"

@@ -73,7 +73,7 @@ from jaxstack.rl.mae import (
     solver_accuracy,
     step,
 )
-from jaxstack.rl.mae.domain import answer_of
+from jaxstack.rl.mae.domain import answer_of, jsonl_objects
 from jaxstack.rl.mae.selfplay import generate
 from jaxstack.runs import RunRecord, pyplot
 
@@ -643,18 +643,9 @@ def chat_templates(templates: Templates, render) -> Templates:
 def load_benchmark(path: str | pathlib.Path, limit: int) -> list[tuple[str, str]]:
     """(question, answer) pairs of a local JSONL benchmark file (at most ``limit``). Raises ValueError
     naming the file and line of a bad record."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise ValueError(f"eval_files: {path} is not a file")
     items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"eval_files: {path}:{number}: not JSON ({error})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("question"), str) or "answer" not in record:
+    for number, record in jsonl_objects(path, "eval_files"):
+        if not isinstance(record.get("question"), str) or "answer" not in record:
             raise ValueError(f"eval_files: {path}:{number}: expected an object with 'question' and 'answer'")
         items.append((record["question"], str(record["answer"])))
         if len(items) >= limit:

@@ -184,7 +184,21 @@ def _collect_abandoned_reads() -> None:
 
         hook._jaxstack_orbax_filter = True
         sys.unraisablehook = hook
+    # A dropped read that ran as an asyncio *task* is reported by the event loop instead: asyncio's
+    # logger writes "Task exception was never retrieved" with the same traceback when the task dies.
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _AbandonedOrbaxTaskFilter) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_AbandonedOrbaxTaskFilter())
     gc.collect()
+
+
+class _AbandonedOrbaxTaskFilter(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" record for a task whose coroutine is Orbax's
+    (every other asyncio record passes)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("exception was never retrieved" in message and "orbax" in message)
 
 
 def _failure_reason(error: BaseException, item_dir: pathlib.Path) -> str:

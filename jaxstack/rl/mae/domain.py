@@ -45,22 +45,32 @@ def default_seed_file() -> pathlib.Path:
     return pathlib.Path(str(resources.files("jaxstack.rl.mae") / SEED_FILE))
 
 
-def load_seed_questions(path: str | pathlib.Path) -> list[str]:
-    """Seed questions from a local JSONL file, one ``{"question": "<text>"}`` object per line (other
-    keys are ignored: an answer, if present, is never read). Raises ValueError naming the file and
-    line of a bad record."""
+def jsonl_objects(path: str | pathlib.Path, field: str):
+    """Yields ``(line number, object)`` for each non-blank line of a local JSONL file. Raises ValueError
+    naming ``field`` (the config field that gave the path), the file and the line for a missing file,
+    a line that is not JSON or one that is not an object."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise ValueError(f"seed_file: {path} is not a file")
-    questions = []
+        raise ValueError(f"{field}: {path} is not a file")
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"seed_file: {path}:{number}: not JSON ({error})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("question"), str) or not record["question"].strip():
+            raise ValueError(f"{field}: {path}:{number}: not JSON ({error})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{field}: {path}:{number}: expected a JSON object, got {type(record).__name__}")
+        yield number, record
+
+
+def load_seed_questions(path: str | pathlib.Path) -> list[str]:
+    """Seed questions from a local JSONL file, one ``{"question": "<text>"}`` object per line (other
+    keys are ignored: an answer, if present, is never read). Raises ValueError naming the file and
+    line of a bad record."""
+    questions = []
+    for number, record in jsonl_objects(path, "seed_file"):
+        if not isinstance(record.get("question"), str) or not record["question"].strip():
             raise ValueError(f"seed_file: {path}:{number}: expected an object with a non-empty string 'question'")
         questions.append(record["question"].strip())
     if not questions:
