@@ -19,8 +19,7 @@ demo: $(STAMP)
 	$(BIN)/jaxstack run demo --preset tiny
 
 # One pytest worker per core (at most 4: each holds its own jax runtime); PYTEST_WORKERS=0 runs serially.
-# keeps a module's tests on one worker, so a module-scoped fixture (a trained model,
-# a warmed-up server) is built once, not once per worker.
+# Tests go to whichever worker is free (--dist load; loadscope measured no faster).
 PYTEST_WORKERS ?= auto
 PYTEST_ARGS := -q -n $(PYTEST_WORKERS) --maxprocesses=4 --durations=15
 

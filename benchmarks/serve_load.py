@@ -1,7 +1,8 @@
 """Load and fault test of ``jaxstack serve`` (asyncio + httpx), results to JSON.
 
-The server runs in this process (the tiny random Llama of ``tests/fixtures/evals/model`` by default,
-or ``--model DIR``), on 127.0.0.1. Two phases:
+The server is ``jaxstack serve`` in its own process (as a user runs it; the clients here would otherwise
+share its interpreter lock), on 127.0.0.1, over the tiny random Llama of ``tests/fixtures/evals/model``
+by default, or ``--model DIR``. Two phases:
 
 * serial: ``--requests`` non-streaming greedy completions of ``--max-tokens`` tokens, one at a time;
 * concurrent: ``--clients`` clients, each sending ``--requests / --clients`` requests back to back,
@@ -9,9 +10,10 @@ or ``--model DIR``), on 127.0.0.1. Two phases:
   streaming (SSE); mixed in: malformed requests (NaN temperature, seed 2**64, bad JSON), slow clients
   (headers never finished) and streaming clients that disconnect after their first token.
 
-Reported: aggregate completion tokens/s per phase and their ratio, latency p50/p99, time to first token
-(streaming), responses by status, XLA compiles after warm-up (the engine counts them) and this
-process's RSS sampled every 0.25 s.
+Reported: aggregate completion tokens/s per phase and their ratio (streamed tokens counted exactly, from
+the per-chunk ``logprobs`` tokens), latency p50/p99, time to first token (streaming), responses by status,
+XLA compiles after warm-up (the engine counts them; read from ``/health``) and the server process's RSS
+sampled every 0.25 s.
 
     .venv/bin/python benchmarks/serve_load.py                       # writes results/serve_load_cpu.json
     .venv/bin/python benchmarks/serve_load.py --requests 16 --clients 4 --no-write   # smoke test
@@ -26,7 +28,11 @@ import datetime
 import json
 import os
 import platform
+import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,8 +45,8 @@ SETTINGS = [(0.3 + 0.1 * i, 1.0 - 0.04 * i) for i in range(16)]  # 16 distinct (
 MALFORMED = [b'{"prompt": "x", "temperature": NaN}', b'{"prompt": "x", "seed": 18446744073709551616}', b"{oops"]
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as status:
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
         for line in status:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
@@ -63,7 +69,8 @@ async def _complete(client: httpx.AsyncClient, body: dict, stats: dict) -> None:
             async for line in response.aiter_lines():
                 if line.startswith("data: ") and line != "data: [DONE]":
                     first = first or time.perf_counter()
-                    tokens += 1  # one chunk per delta: a lower bound on tokens (deltas may hold back text)
+                    logprobs = json.loads(line[len("data: "):])["choices"][0].get("logprobs") or {}
+                    tokens += len(logprobs.get("tokens", ()))  # each chunk carries its own tokens
         if first is not None:
             stats["ttft"].append(first - began)
         stats["tokens"] += tokens
@@ -105,6 +112,8 @@ async def _phase(url: str, port: int, *, clients: int, per_client: int, max_toke
                 body = {"prompt": f"Client {index} request {r}: to keep bread fresh,", "max_tokens": max_tokens,
                         "temperature": temperature, "top_p": top_p, "seed": index * 1000 + r,
                         "stream": mixed and index % 2 == 1}
+                if body["stream"]:
+                    body["logprobs"] = 0
                 await _complete(client, body, stats)
 
     began = time.perf_counter()
@@ -120,20 +129,19 @@ async def _phase(url: str, port: int, *, clients: int, per_client: int, max_toke
             "status": {str(k): v for k, v in sorted(stats["status"].items())}, "disconnects": stats["disconnects"]}
 
 
-async def _sample_rss(samples: list, stop: asyncio.Event, began: float) -> None:
+async def _sample_rss(pid: int, samples: list, stop: asyncio.Event, began: float) -> None:
     while not stop.is_set():
-        samples.append((round(time.perf_counter() - began, 2), round(_rss_mb(), 1)))
+        samples.append((round(time.perf_counter() - began, 2), round(_rss_mb(pid), 1)))
         try:
             await asyncio.wait_for(stop.wait(), 0.25)
         except asyncio.TimeoutError:
             pass
 
 
-async def _run(server, args) -> dict:
-    url, port = server.url, server.port
+async def _run(url: str, port: int, pid: int, args) -> dict:
     samples: list = []
     stop = asyncio.Event()
-    sampler = asyncio.create_task(_sample_rss(samples, stop, time.perf_counter()))
+    sampler = asyncio.create_task(_sample_rss(pid, samples, stop, time.perf_counter()))
     serial = await _phase(url, port, clients=1, per_client=args.requests, max_tokens=args.max_tokens, mixed=False)
     concurrent = await _phase(url, port, clients=args.clients, per_client=max(1, args.requests // args.clients),
                               max_tokens=args.max_tokens, mixed=True)
@@ -151,23 +159,49 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=16)
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds for load + warm-up")
     args = parser.parse_args()
 
-    from jaxstack.inference.server import load_server
-
+    with socket.socket() as probe:  # a free port for the server
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    command = [str(Path(sys.executable).parent / "jaxstack"), "serve", "--model", f"bench={args.model}", "--port", str(port),
+               "--slots", str(args.slots)]
+    load_before = os.getloadavg()
     began = time.perf_counter()
-    server = load_server(args.model, name="bench", port=0, slots=args.slots, header_timeout_s=2.0).start()
-    engine = server.models["bench"].engine
-    warmup = time.perf_counter() - began
+    log = tempfile.TemporaryFile(mode="w+")  # the server's log (a pipe could fill and block it)
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
-        result = asyncio.run(_run(server, args))
+        while True:  # the server answers /health once every model is warm
+            if server.poll() is not None:
+                log.seek(0)
+                raise SystemExit(f"jaxstack serve exited with {server.returncode}:\n{log.read()[-4000:]}")
+            try:
+                if httpx.get(url + "/health", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.perf_counter() - began > args.startup_timeout:
+                raise SystemExit(f"jaxstack serve did not come up within {args.startup_timeout} s")
+            time.sleep(0.25)
+        warmup = time.perf_counter() - began
+        result = asyncio.run(_run(url, port, server.pid, args))
+        engine = httpx.get(url + "/health", timeout=10.0).json()["models"]["bench"]
     finally:
-        server.shutdown()
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
     result.update({
         "speedup_tokens_per_s": result["concurrent"]["tokens_per_s"] / result["serial"]["tokens_per_s"],
-        "compiles_after_warmup": engine.compiles_after_warmup, "startup_with_warmup_s": warmup,
-        "engine": engine.stats(), "settings": vars(args),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "compiles_after_warmup": engine["compiles_after_warmup"], "startup_with_warmup_s": warmup,
+        "load_average_before": load_before,
+        "engine": engine, "settings": vars(args), "server_command": " ".join(command[1:]),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_after": os.getloadavg()},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     })
     rss = [mb for _, mb in result["rss_mb"]]

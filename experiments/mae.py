@@ -51,6 +51,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxstack.config import to_dict
+from jaxstack.data.jsonl import jsonl_objects
 from jaxstack.models.configs import LlamaConfig
 from jaxstack.rl.loop import init_masters
 from jaxstack.rl.mae import (
@@ -73,7 +74,7 @@ from jaxstack.rl.mae import (
     solver_accuracy,
     step,
 )
-from jaxstack.rl.mae.domain import answer_of, jsonl_objects
+from jaxstack.rl.mae.domain import answer_of
 from jaxstack.rl.mae.selfplay import generate
 from jaxstack.runs import RunRecord, pyplot
 

@@ -32,6 +32,7 @@ import os
 import pathlib
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Iterable, Mapping
 
@@ -39,6 +40,7 @@ from jaxstack.config import to_dict
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
+_METRICS_LOCK = threading.Lock()
 SUMMARY_FILE = "summary.json"
 STAMP_FORMAT = "%Y%m%d-%H%M%S"
 
@@ -243,12 +245,13 @@ class RunRecord:
         record = ({} if step is None else {"step": step}) | values
         if self.writer:
             path = self.dir / METRICS_FILE
-            if not self._metrics_checked:
-                self._end_on_newline(path)
-                self._metrics_checked = True
-            with path.open("a", encoding="utf-8") as out:
-                out.write(_dumps(record) + "\n")
-                out.flush()
+            with _METRICS_LOCK:  # whole lines from several threads (e.g. seeds run at once)
+                if not self._metrics_checked:
+                    self._end_on_newline(path)
+                    self._metrics_checked = True
+                with path.open("a", encoding="utf-8") as out:
+                    out.write(_dumps(record) + "\n")
+                    out.flush()
         return record
 
     def read_metrics(self) -> list[dict[str, Any]]:

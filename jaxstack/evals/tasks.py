@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from jaxstack.data.jsonl import jsonl_objects
 from jaxstack.evals.multiple_choice import MultipleChoiceItem
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -35,19 +36,7 @@ def read_records(path: str | pathlib.Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise TaskDataError(f"{path}: no such file (expected a .jsonl, .json or .parquet file)")
     if path.suffix == ".jsonl":
-        records = []
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise TaskDataError(f"{path}:{number}: not valid JSON ({error.msg})") from error
-                if not isinstance(record, dict):
-                    raise TaskDataError(f"{path}:{number}: expected a JSON object per line, got {type(record).__name__}")
-                records.append(record)
-        return records
+        return [record for _, record in jsonl_objects(path, error=TaskDataError)]
     if path.suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

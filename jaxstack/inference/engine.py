@@ -269,6 +269,7 @@ class Engine:
         self._queue: queue.Queue[Request] = queue.Queue(maxsize=max_queue)
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
+        self._listening = False
         self._stopping = threading.Event()
         self._compiles = 0  # XLA compiles on the engine thread after warm-up
         self._warm = False
@@ -291,6 +292,7 @@ class Engine:
         if self._thread is not None:
             return self
         jax.monitoring.register_event_duration_secs_listener(self._count_compile)
+        self._listening = True
         began = time.perf_counter()
         for width in self.buckets:
             self.cache, self.logits = _prefill(self.graphdef, self.state, self.cache, self.logits, np.int32(0),
@@ -311,6 +313,12 @@ class Engine:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._listening:
+            self._listening = False
+            try:
+                jax.monitoring.unregister_event_duration_listener(self._count_compile)
+            except (AssertionError, ValueError):  # already gone (e.g. jax.monitoring.clear_event_listeners())
+                pass
 
     @property
     def compiles_after_warmup(self) -> int:

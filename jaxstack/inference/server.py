@@ -9,7 +9,7 @@ first model). Fields, as OpenAI's API: ``prompt`` (a string, strings, token ids 
 ``temperature`` (>= 0, 0 = greedy), ``top_p`` (in (0, 1]), ``top_k`` (>= 0, or -1; 0 and -1 = off),
 ``n`` (1..16 choices per prompt), ``seed``, ``stop`` (a string or up to 4), ``stream`` (server-sent
 events, ``data: [DONE]`` last), ``logprobs`` (completions: 0..5 alternatives per token; chat:
-``logprobs: true`` + ``top_logprobs``), ``echo`` (completions: prepend the prompt; with ``logprobs``
+``logprobs: true`` + ``top_logprobs``; streamed too, each chunk carrying its own tokens), ``echo`` (completions: prepend the prompt; with ``logprobs``
 its token log-probs from the scorer, the first one null). ``echo=true, max_tokens=0, logprobs=1``
 scores a prompt: lm-eval's local-completions log-likelihood pattern.
 
@@ -261,6 +261,7 @@ class _Choice:
     tops: list[dict[int, float]] = dataclasses.field(default_factory=list)
     text: str = ""
     sent: int = 0  # characters of text already streamed
+    sent_tokens: int = 0  # tokens whose log-probs were already streamed
     finish_reason: str | None = None
 
 
@@ -569,6 +570,19 @@ class ModelServer:
                 if not choice.request.done:
                     choice.request.cancel()
 
+    @staticmethod
+    def _streamed_tokens(served: ServedModel, choice: _Choice) -> range:
+        """The generated tokens whose log-probs go with the text streamed so far: each token once its
+        text is wholly sent (all that are left once the choice has finished)."""
+        start, end = choice.sent_tokens, choice.sent_tokens
+        if choice.finish_reason is not None:
+            end = len(choice.tokens)
+        else:
+            while end < len(choice.tokens) and len(served.tokenizer.decode(choice.tokens[:end + 1])) <= choice.sent:
+                end += 1
+        choice.sent_tokens = end
+        return range(start, end)
+
     async def _stream(self, served, choices, events, stop, chunk_of):
         """SSE: ``data: {chunk}`` per text delta, a last chunk per choice with its finish_reason, then
         ``data: [DONE]``. A client disconnect cancels every choice (the generator is closed)."""
@@ -582,11 +596,12 @@ class ModelServer:
                 choice, event = await events.get()
                 self._advance(served, choice, event, stop)
                 delta = self._streamable(choice, stop)
-                if event is None:
-                    pending.discard(id(choice))
-                    yield f"data: {json.dumps(chunk_of(choice, delta, choice.finish_reason), ensure_ascii=False)}\n\n"
-                elif delta:
-                    yield f"data: {json.dumps(chunk_of(choice, delta, None), ensure_ascii=False)}\n\n"
+                if event is None or delta:
+                    tokens = self._streamed_tokens(served, choice)
+                    if event is None:
+                        pending.discard(id(choice))
+                    reason = choice.finish_reason if event is None else None
+                    yield f"data: {json.dumps(chunk_of(choice, delta, reason, tokens=tokens), ensure_ascii=False)}\n\n"
             yield "data: [DONE]\n\n"
         except Exception as error:  # noqa: BLE001 - the status is sent already: report in-band
             logger.exception("stream failed")
@@ -605,9 +620,9 @@ class ModelServer:
         prompts = parse_prompts(body.prompt)
         stop = parse_stop(body.stop)
         max_tokens = self.default_max_tokens if body.max_tokens is None else body.max_tokens
-        if body.stream and (body.echo or max_tokens == 0 or body.logprobs is not None):
-            raise RequestError("stream: not supported together with echo, logprobs or max_tokens=0; send "
-                               "stream=false", param="stream")
+        if body.stream and (body.echo or max_tokens == 0):
+            raise RequestError("stream: not supported together with echo or max_tokens=0; send stream=false",
+                               param="stream")
         encoded = [served.encode_prompt(p, i, max_tokens) for i, p in enumerate(prompts)]
         n = body.n
         choices = [_Choice(i * n + j, ids) for i, ids in enumerate(encoded) for j in range(n)]
@@ -615,11 +630,14 @@ class ModelServer:
         if max_tokens > 0:
             events = self._launch(served, choices, body, max_tokens, served.eos_tokens, n)
             if body.stream:
-                def chunk_of(choice, delta, reason, first=False):
+                def chunk_of(choice, delta, reason, first=False, tokens=range(0)):
                     if first:
                         return None
+                    logprobs = None
+                    if body.logprobs is not None:
+                        logprobs = self._logprobs_block(served, choice, body.logprobs, False, None, tokens)
                     return {"id": cid, "object": "text_completion", "created": created, "model": served.name,
-                            "choices": [{"index": choice.index, "text": delta, "logprobs": None,
+                            "choices": [{"index": choice.index, "text": delta, "logprobs": logprobs,
                                          "finish_reason": reason}]}
 
                 return StreamingResponse(self._stream(served, choices, events, stop, chunk_of),
@@ -653,10 +671,15 @@ class ModelServer:
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}}
 
-    def _logprobs_block(self, served: ServedModel, choice: _Choice, k: int, echo: bool, prompt_scores) -> dict:
+    def _logprobs_block(self, served: ServedModel, choice: _Choice, k: int, echo: bool, prompt_scores,
+                        generated: range | None = None) -> dict:
         """OpenAI's completions ``logprobs``: tokens, token_logprobs, top_logprobs, text_offset; the
-        prompt's part (with echo) from the scorer, the first prompt token's log-prob null."""
+        prompt's part (with echo) from the scorer, the first prompt token's log-prob null. ``generated``:
+        which generated tokens (default all; a streamed chunk's own), their offsets counted from the
+        start as in the whole answer."""
         text_of = served.tokenizer.decode
+        generated = range(len(choice.tokens)) if generated is None else generated
+        position = sum(len(text_of([t])) for t in choice.tokens[:generated.start])
         tokens, values, tops = [], [], []
         if echo:
             tokens = list(choice.prompt_ids)
@@ -669,7 +692,8 @@ class ModelServer:
                                             prompt_scores.top_tokens[position][:max(k, 1)]):
                         top.setdefault(text_of([int(token)]), float(value))
                     tops.append(top if k > 0 else None)
-        for token, value, alternatives in zip(choice.tokens, choice.logprobs, choice.tops):
+        for index in generated:
+            token, value, alternatives = choice.tokens[index], choice.logprobs[index], choice.tops[index]
             tokens.append(token)
             values.append(value)
             top = {}
@@ -677,7 +701,7 @@ class ModelServer:
                 top.setdefault(text_of([alternative]), lp)
             tops.append(top if k > 0 else None)
         texts = [text_of([t]) for t in tokens]
-        offsets, position = [], 0
+        offsets = []
         for text in texts:
             offsets.append(position)
             position += len(text)
@@ -704,11 +728,15 @@ class ModelServer:
         events = self._launch(served, choices, body, max_tokens, served.chat_stop_tokens, body.n)
         top_n = body.top_logprobs or 0
         if body.stream:
-            def chunk_of(choice, delta, reason, first=False):
+            def chunk_of(choice, delta, reason, first=False, tokens=range(0)):
                 message = {"role": "assistant", "content": ""} if first else (
                     {"content": delta} if delta else {})
+                logprobs = None
+                if body.logprobs and not first:
+                    logprobs = {"content": [self._chat_logprob(served, choice.tokens[i], choice.logprobs[i],
+                                                               choice.tops[i], top_n) for i in tokens]}
                 return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": served.name,
-                        "choices": [{"index": choice.index, "delta": message, "logprobs": None,
+                        "choices": [{"index": choice.index, "delta": message, "logprobs": logprobs,
                                      "finish_reason": reason}]}
 
             return StreamingResponse(self._stream(served, choices, events, stop, chunk_of),

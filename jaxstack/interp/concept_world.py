@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -455,30 +456,35 @@ def _loss(params, graphdef, batch, intervention):
 
 
 _STEPS: dict[Any, Any] = {}
+_STEPS_LOCK = threading.Lock()
 
 
 def _train_step(graphdef, params, settings: TrainSettings):
     """The jitted step and its optax transformation, built once per (model structure, optimizer
     settings): seeds that share them reuse one compiled step."""
+    key = (graphdef, settings.steps, settings.learning_rate, settings.warmup_steps)
+    with _STEPS_LOCK:  # seeds run in threads build (and compile) a shared step once
+        return _STEPS[key] if key in _STEPS else _build_step(key, graphdef, params, settings)
+
+
+def _build_step(key, graphdef, params, settings: TrainSettings):
     from jaxstack.train.optimizers import OptimizerConfig, make_optimizer
     from jaxstack.train.step import loss_scaled_update
 
-    key = (graphdef, settings.steps, settings.learning_rate, settings.warmup_steps)
-    if key not in _STEPS:
-        optimizer = OptimizerConfig(learning_rate=settings.learning_rate, warmup_steps=settings.warmup_steps,
-                                    decay_fraction=0.3, weight_decay=0.0, clip_norm=1.0)
-        tx = make_optimizer(optimizer, settings.steps, params)
+    optimizer = OptimizerConfig(learning_rate=settings.learning_rate, warmup_steps=settings.warmup_steps,
+                                decay_fraction=0.3, weight_decay=0.0, clip_norm=1.0)
+    tx = make_optimizer(optimizer, settings.steps, params)
 
-        @jax.jit
-        def step(params, opt_state, scaler, batch, intervention):
-            (params, opt_state, scaler), (loss, _, _, _) = loss_scaled_update(
-                lambda p: _loss(p, graphdef, batch, intervention), params, opt_state, scaler, tx=tx,
-                skip_nonfinite=True)
-            return params, opt_state, scaler, loss
+    @jax.jit
+    def step(params, opt_state, scaler, batch, intervention):
+        (params, opt_state, scaler), (loss, _, _, _) = loss_scaled_update(
+            lambda p: _loss(p, graphdef, batch, intervention), params, opt_state, scaler, tx=tx,
+            skip_nonfinite=True)
+        return params, opt_state, scaler, loss
 
-        if len(_STEPS) > 8:
-            _STEPS.clear()
-        _STEPS[key] = (step, tx)
+    if len(_STEPS) > 8:
+        _STEPS.clear()
+    _STEPS[key] = (step, tx)
     return _STEPS[key]
 
 

@@ -2,6 +2,7 @@
 (each must fail when there is nothing to find), a micro run of the toy pipeline (summary keys, error
 bars), the paper preset's path on a tiny random Hugging Face model, and (slow) the tiny preset."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -28,6 +29,34 @@ def test_presets_and_validation():
         exp.Config(grader="gpt")
     with pytest.raises(ValueError, match="prompt_format"):
         exp.Config(prompt_format="raw")
+    with pytest.raises(ValueError, match="parallel_seeds: expected a positive integer"):
+        exp.Config(parallel_seeds=0)
+
+
+@pytest.mark.slow  # ~12 s on 2 cores, mostly compiling the micro train step; run by make test-all
+def test_seeds_trained_in_threads_equal_seeds_trained_one_after_another():
+    """``parallel_seeds``: two toy pipelines at once in one process give each seed its sequential numbers
+    (the losses of every step, bit for bit) -- and different seeds differ, so the check can fail."""
+    import concurrent.futures
+
+    from flax import nnx
+
+    from jaxstack.interp.concept_world import ConceptWorld, TrainSettings, encode_examples, train_world_model
+    from jaxstack.models import LlamaForCausalLM
+
+    micro = exp.PRESETS["micro"]
+    world = ConceptWorld(micro.world)
+    data = encode_examples(world.base_examples(40, np.random.default_rng(0)), world.tokenizer, 63, pack=True)
+    settings = TrainSettings(steps=6, batch_size=2, learning_rate=1e-2, warmup_steps=1)
+
+    def losses(seed):
+        model = LlamaForCausalLM(micro.model.replace(vocab_size=world.tokenizer.vocab_size), rngs=nnx.Rngs(seed))
+        return train_world_model(model, data, dataclasses.replace(settings, seed=seed), progress=False)[1]
+
+    sequential = [losses(seed) for seed in (0, 1)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        threaded = list(pool.map(losses, (0, 1)))
+    assert threaded == sequential and sequential[0] != sequential[1]
 
 
 def test_paper_preset_refuses_without_a_grader(tmp_path):

@@ -6,6 +6,7 @@ and cancellation frees a slot."""
 import threading
 import time
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -191,5 +192,7 @@ def test_kimi_linear_slots_decode_like_generate_alone():
             alone = generate(kimi, [prompt], SamplingConfig(max_new_tokens=5, temperature=0.0))
             assert request.wait(300).tokens == np.asarray(alone.tokens[0]).tolist()
         assert engine.compiles_after_warmup == 0
+        assert engine._count_compile in jax.monitoring.get_event_duration_listeners()
     finally:
         engine.shutdown()
+    assert engine._count_compile not in jax.monitoring.get_event_duration_listeners()  # no listener left behind

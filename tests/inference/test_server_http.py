@@ -111,6 +111,21 @@ def test_openai_client_two_models_completions_logprobs_chat_and_streaming(server
     streamed = client.completions.create(model="a", prompt="To open a jar,", max_tokens=6, temperature=0,
                                          stream=True)
     assert "".join(c.choices[0].text for c in streamed) == texts["a"]
+    # streamed log-probs: each chunk carries its own tokens; together they are the whole answer's
+    whole_completion = client.completions.create(model="a", prompt="To open a jar,", max_tokens=6, temperature=0,
+                                                 logprobs=2).choices[0].logprobs
+    chunks = list(client.completions.create(model="a", prompt="To open a jar,", max_tokens=6, temperature=0,
+                                            logprobs=2, stream=True))
+    joined = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for chunk in chunks:
+        for key in joined:
+            joined[key] += getattr(chunk.choices[0].logprobs, key)
+    assert joined == {key: getattr(whole_completion, key) for key in joined}
+    chat_chunks = list(client.chat.completions.create(model="b", messages=messages, max_tokens=8, temperature=0,
+                                                      logprobs=True, top_logprobs=3, stream=True))
+    streamed_content = [entry for c in chat_chunks if c.choices[0].logprobs for entry in c.choices[0].logprobs.content]
+    assert [(e.token, e.logprob, [t.token for t in e.top_logprobs]) for e in streamed_content] == [
+        (e.token, e.logprob, [t.token for t in e.top_logprobs]) for e in whole.choices[0].logprobs.content]
 
 
 def test_n_choices_and_seeds(server):

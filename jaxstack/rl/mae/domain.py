@@ -26,6 +26,7 @@ from importlib import resources
 
 import numpy as np
 
+from jaxstack.data.jsonl import jsonl_objects
 from jaxstack.rl.mae.protocol import TOY_TEMPLATES, Templates, first_tag
 
 #: The toy vocabulary: specials, digits, '+', role and template tokens, the four tag pairs.
@@ -43,25 +44,6 @@ SEED_FILE = "seed_questions.jsonl"
 def default_seed_file() -> pathlib.Path:
     """The seed questions shipped with the package (96 ID additions, none held out)."""
     return pathlib.Path(str(resources.files("jaxstack.rl.mae") / SEED_FILE))
-
-
-def jsonl_objects(path: str | pathlib.Path, field: str):
-    """Yields ``(line number, object)`` for each non-blank line of a local JSONL file. Raises ValueError
-    naming ``field`` (the config field that gave the path), the file and the line for a missing file,
-    a line that is not JSON or one that is not an object."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise ValueError(f"{field}: {path} is not a file")
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{field}: {path}:{number}: not JSON ({error})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{field}: {path}:{number}: expected a JSON object, got {type(record).__name__}")
-        yield number, record
 
 
 def load_seed_questions(path: str | pathlib.Path) -> list[str]:
