@@ -27,7 +27,8 @@ concurrently), so that load changes on a shared machine hit both alike. Median c
 batch 1 and 2 at batch 16 (``--reps``), which keeps the whole run near 12 minutes. For each timed
 call the driver also records the CPU seconds that *other* processes used meanwhile (``/proc/stat``'s
 busy time minus the worker's own), as ``other_cpu_share`` of the machine: on a shared machine that
-tells a clean call from one that competed for the cores. The generated tokens of the
+tells a clean call from one that competed for the cores; ``ratio_clean_calls`` is the ratio of the
+median clean calls (other processes < 5%), when each side has one. The generated tokens of the
 two sides are compared and the agreement recorded (random-init models can have near-ties, so a
 mismatch is reported, not raised). The init std is ``--init-std`` (0.1): at the config's 0.02 the
 random model emits one token forever, which would make the agreement check vacuous; the weights'
@@ -49,7 +50,7 @@ round-robin over contexts and kinds for ``--kimi-reps`` rounds (median), and fit
 context_k (least squares; b in ms per 1k tokens of context) plus the slope of each doubling, so a
 super-linear growth shows as rising segment slopes. Nothing is asserted; the numbers are recorded.
 
-    .venv/bin/python benchmarks/decode.py            # full run (~12 min on 2 cores), writes results/decode_cpu.json
+    .venv/bin/python benchmarks/decode.py            # full run (~11 min on 2 idle cores) -> results/decode_cpu.json
     .venv/bin/python benchmarks/decode.py --quick    # tiny shapes, a smoke test (seconds)
     .venv/bin/python benchmarks/decode.py --quick --only jax --no-write
     .venv/bin/python benchmarks/decode.py --part kimi
@@ -73,6 +74,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "decode_cpu.json"
+CLEAN_SHARE = 0.05  # a timed call is "clean" when other processes used < 5% of the machine meanwhile
 
 
 def _load_train_step():
@@ -541,6 +543,13 @@ def _run_llama(args, record: dict, halves: list[str]) -> None:
                 entry["ratio_best_call"] = jx["tokens_per_s_best_call"] / pt["tokens_per_s_best_call"]
                 entry["ratio_cpu_time"] = pt["median_call_cpu_s"] / jx["median_call_cpu_s"]
                 entry["agreement"] = _agreement(jx["tokens"], pt["tokens"])
+                # the same ratio over the calls that other processes left alone (< 5% of the machine)
+                clean = {key: [c["wall_s"] for c in entry[key]["calls"]
+                               if c.get("other_cpu_share", 1.0) < CLEAN_SHARE] for key in ("jaxstack", "torch")}
+                entry["clean_calls"] = {key: len(walls) for key, walls in clean.items()}
+                if all(clean.values()):
+                    jx_clean, pt_clean = statistics.median(clean["jaxstack"]), statistics.median(clean["torch"])
+                    entry["ratio_clean_calls"] = pt_clean / jx_clean
                 print(f"[decode] B={batch} ratio jaxstack/torch: {entry['ratio_jaxstack_over_torch']:.2f}, "
                       f"token agreement {entry['agreement']['token_match_fraction']:.3f}", file=sys.stderr, flush=True)
             for key in ("jaxstack", "torch"):

@@ -24,6 +24,8 @@ def _check_half(half: dict, batch: int, new_tokens: int, calls: int) -> None:
     assert half["tokens_per_s"] == pytest.approx(batch * new_tokens / half["median_call_s"])
     assert half["ms_per_step"] == pytest.approx(1000 * half["median_call_s"] / new_tokens)
     assert len(half["tokens_row0_first_16"]) == min(16, new_tokens)
+    if Path("/proc/stat").exists():  # the driver's record of other processes' CPU use per call
+        assert all(0.0 <= c["other_cpu_share"] for c in half["calls"]) and "max_other_cpu_share" in half
 
 
 def test_fit_and_agreement_helpers():
