@@ -69,7 +69,11 @@ async def _complete(client: httpx.AsyncClient, body: dict, stats: dict) -> None:
             async for line in response.aiter_lines():
                 if line.startswith("data: ") and line != "data: [DONE]":
                     first = first or time.perf_counter()
-                    logprobs = json.loads(line[len("data: "):])["choices"][0].get("logprobs") or {}
+                    chunk = json.loads(line[len("data: "):])
+                    if "error" in chunk:  # an in-band failure after the 200 status line
+                        stats["status"]["stream_error"] += 1
+                        break
+                    logprobs = chunk["choices"][0].get("logprobs") or {}
                     tokens += len(logprobs.get("tokens", ()))  # each chunk carries its own tokens
         if first is not None:
             stats["ttft"].append(first - began)
@@ -126,7 +130,7 @@ async def _phase(url: str, port: int, *, clients: int, per_client: int, max_toke
             "completion_tokens": stats["tokens"], "tokens_per_s": stats["tokens"] / elapsed,
             "latency_p50_s": _percentile(stats["latency"], 0.5), "latency_p99_s": _percentile(stats["latency"], 0.99),
             "ttft_p50_s": _percentile(stats["ttft"], 0.5), "ttft_p99_s": _percentile(stats["ttft"], 0.99),
-            "status": {str(k): v for k, v in sorted(stats["status"].items())}, "disconnects": stats["disconnects"]}
+            "status": {str(k): v for k, v in sorted(stats["status"].items(), key=lambda kv: str(kv[0]))}, "disconnects": stats["disconnects"]}
 
 
 async def _sample_rss(pid: int, samples: list, stop: asyncio.Event, began: float) -> None:

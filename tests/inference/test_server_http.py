@@ -121,6 +121,7 @@ def test_openai_client_two_models_completions_logprobs_chat_and_streaming(server
         for key in joined:
             joined[key] += getattr(chunk.choices[0].logprobs, key)
     assert joined == {key: getattr(whole_completion, key) for key in joined}
+    assert sum(1 for c in chunks if c.choices[0].logprobs.tokens) > 1  # streamed as they come, not all at the end
     chat_chunks = list(client.chat.completions.create(model="b", messages=messages, max_tokens=8, temperature=0,
                                                       logprobs=True, top_logprobs=3, stream=True))
     streamed_content = [entry for c in chat_chunks if c.choices[0].logprobs for entry in c.choices[0].logprobs.content]
