@@ -192,7 +192,11 @@ def test_kimi_linear_slots_decode_like_generate_alone():
             alone = generate(kimi, [prompt], SamplingConfig(max_new_tokens=5, temperature=0.0))
             assert request.wait(300).tokens == np.asarray(alone.tokens[0]).tolist()
         assert engine.compiles_after_warmup == 0
-        assert engine._count_compile in jax.monitoring.get_event_duration_listeners()
+        assert engine._listening
     finally:
         engine.shutdown()
-    assert engine._count_compile not in jax.monitoring.get_event_duration_listeners()  # no listener left behind
+    # no listener left behind: shutdown() unregistered it, so a second unregistration is refused
+    # (jax.monitoring has no public listener list in jax 0.10)
+    assert not engine._listening
+    with pytest.raises((AssertionError, ValueError)):
+        jax.monitoring.unregister_event_duration_listener(engine._count_compile)

@@ -45,7 +45,9 @@ def test_tree_row_equals_separate_sequences(random_model):
 
 
 @pytest.mark.parametrize("layers,scan,remat,window", [(2, False, False, None), (2, True, True, None),
-                                                     (3, True, False, 4), (1, True, False, None), (1, False, False, 3)])
+                                                     (3, True, False, 4),
+                                                     pytest.param(1, True, False, None, marks=pytest.mark.slow),
+                                                     (1, False, False, 3)])
 def test_logits_indices_equal_the_full_forward(layers, scan, remat, window):
     """Logits at the chosen positions (the last layer runs its queries and MLP only there) equal the
     full forward's at those positions, for the layer loop and the layer scan, with a tree mask too."""

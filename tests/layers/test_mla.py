@@ -79,7 +79,8 @@ def _call(mla, x, rope, cache):
     return mla(x, rope, cache=cache)
 
 
-@pytest.mark.parametrize("use_nope,q_lora_rank", [(True, None), (False, None), (True, 7)],
+# nope without q_lora is in make test-all; nope-q_lora covers the no-rope path in make test
+@pytest.mark.parametrize("use_nope,q_lora_rank", [pytest.param(True, None, marks=pytest.mark.slow), (False, None), (True, 7)],
                          ids=["nope", "rope", "nope-q_lora"])
 def test_matches_naive_and_latent_cache(use_nope, q_lora_rank):
     mla = _make(use_nope, q_lora_rank)

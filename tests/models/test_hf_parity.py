@@ -74,7 +74,12 @@ def _hf_logits(model, tokens):
 F64 = DtypePolicy("float64", "float64", "float64", "float64")
 
 
-@pytest.mark.parametrize("name", list(CASES))
+# `make test` keeps tied and untied heads, biased and unbiased projections and llama3 rope scaling in each
+# dtype; `make test-all` runs every case.
+F64_SLOW, F32_SLOW = {"llama-gqa-tied", "qwen2-bias-untied"}, {"llama-mha-llama3-rope", "qwen2-bias-untied"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in F64_SLOW else n for n in CASES])
 def test_hf_to_jaxstack_logits_float64(name, tmp_path):
     case = CASES[name]
     hf_model = _make_hf_model(case, init=0.3)
@@ -90,7 +95,7 @@ def test_hf_to_jaxstack_logits_float64(name, tmp_path):
             np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0, err_msg=f"scan_layers={scan_layers}")
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in F32_SLOW else n for n in CASES])
 def test_hf_to_jaxstack_logits_float32(name, tmp_path):
     case = CASES[name]
     hf_model = _make_hf_model(case, init=0.02)

@@ -51,7 +51,8 @@ def _chunked(args, chunk_size):
     return _naive(chunk_size)(*_arrays(args))
 
 
-@pytest.mark.parametrize("chunk_size, h0", [(7, True), (16, True), (16, False), (64, True)])
+@pytest.mark.parametrize("chunk_size, h0", [(7, True), pytest.param(16, True, marks=pytest.mark.slow), (16, False),
+                                            pytest.param(64, True, marks=pytest.mark.slow)])
 def test_naive_chunk_equals_recurrence_fp64(chunk_size, h0):
     args = _inputs(np.float64, h0=h0)
     with x64():
@@ -74,7 +75,8 @@ def test_naive_chunk_equals_recurrence_fp32():
     assert_close(s_ref, s, dtype="float32", name="final_state")
 
 
-@pytest.mark.parametrize("chunk_size, h0", [(16, True), (16, False), (64, True)])
+@pytest.mark.parametrize("chunk_size, h0", [pytest.param(16, True, marks=pytest.mark.slow), (16, False),
+                                            pytest.param(64, True, marks=pytest.mark.slow)])
 def test_naive_chunk_equals_fast_xla_chunk_fp64(chunk_size, h0):
     args = _inputs(np.float64, h0=h0, seed=2)
     with x64():

@@ -68,6 +68,7 @@ def test_pallas_gradients_match_reference_f32(form):
         assert_close(a, b, dtype="float32", name=name)
 
 
+@pytest.mark.slow  # the bf16 backward is in make test through test_kda_pallas_bwd.py::test_pallas_bwd_bf16_inputs[tpu]
 def test_pallas_gradients_bf16_inputs():
     # Both sides' gradients come back in bf16 (the primal dtype), each rounded once: bf16 bound.
     args = [x.astype(jnp.bfloat16) if i in (0, 1, 2, 4) else jnp.asarray(x)

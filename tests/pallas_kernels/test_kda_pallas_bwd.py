@@ -100,7 +100,7 @@ def test_pallas_bwd_varlen_equals_separate_runs(form):
         assert_close(sep[5][0], packed[5][n], name=f"dh0[{n}]")
 
 
-@pytest.mark.parametrize("form", ["gpu", "tpu"])
+@pytest.mark.parametrize("form", [pytest.param("gpu", marks=pytest.mark.slow), "tpu"])
 def test_pallas_bwd_strong_decay_finite(form):
     # g = -30 per step (G reaches -480 inside a chunk: exp underflows, must never overflow or NaN)
     # and beta alternating 0 / 1. All six gradients finite and equal to the reference's. Note on dg:

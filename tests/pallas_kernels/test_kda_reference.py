@@ -22,8 +22,10 @@ def _load(name):
     return d, (None if np.isnan(scale) else scale)
 
 
-@pytest.mark.parametrize("backend", ["reference", "xla", "pallas"])
-@pytest.mark.parametrize("name", FIXTURE_NAMES)
+# `make test` runs the xla chunk path on the two hard fixtures (strong gate, odd K/V); `make test-all` on all.
+@pytest.mark.parametrize("name, backend", [
+    pytest.param(n, b, marks=pytest.mark.slow) if b == "xla" and n in ("basic", "no_h0_scale") else (n, b)
+    for n in FIXTURE_NAMES for b in ("reference", "xla", "pallas")])
 def test_matches_fla_naive_recurrent_fixture(name, backend):
     # fla computes in float32; float32 tolerance (1e-5 relative RMS) bounds our error plus theirs.
     d, scale = _load(name)

@@ -57,7 +57,7 @@ def test_weight_sync_is_one_cast(masters):
         sync(jax.tree.map(lambda x: x.astype(jnp.bfloat16), masters), policy)
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16-mixed", "fp16-mixed"])
+@pytest.mark.parametrize("dtype", [pytest.param("fp32", marks=pytest.mark.slow), "bf16-mixed", "fp16-mixed"])
 def test_training_engine_with_knobs_off_is_the_training_step_forward(dtype):
     """The training engine's log-probs are those of the training step's forward (``train.step.loss_fn``)."""
     policy = engine_policy(dtype)
@@ -109,7 +109,7 @@ def test_f32_engines_agree_within_1e5(masters, prompts):
     assert diff.max() < 1e-5, diff.max()
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16-mixed", "fp16-mixed"])
+@pytest.mark.parametrize("dtype", [pytest.param("fp32", marks=pytest.mark.slow), "bf16-mixed", "fp16-mixed"])
 def test_same_kernel_control_within_1e6(masters, prompts, dtype):
     """All knobs off: the rollout recomputes the padded buffer with the training kernels; what is left
     is float32 log-softmax reduction order on a sliced vs a full logits array (< 1e-6 per token)."""
