@@ -12,9 +12,9 @@
   ``[User Question]``; B.2 rewrites it to lean extremely toward one value, embedding the user's
   preconceptions, output after ``[User Query]``. Each pair gives three variants: ``neutral``,
   ``value1`` and ``value2`` (the dataset's ``nudge_direction``).
-* filtering: a reply without its tag, or with nothing after it, is *incomplete*; a reply (or
-  extracted query) that opens like a refusal (:data:`REFUSAL`, a heuristic: "I'm sorry", "I can't",
-  ...) is a *refusal*; both are dropped and counted.
+* filtering: a reply (or extracted query) that opens like a refusal (:data:`REFUSAL`, a heuristic: "I'm sorry", "I can't",
+  ...) is a *refusal*; otherwise a reply without its tag, or with nothing after it, is *incomplete*;
+  both are dropped and counted.
 * :func:`mean_pooled_embeddings` (the default embedding: the mean over real tokens of a local
   jaxstack model's residual stream at one layer, read with :class:`~jaxstack.layers.interventions.Capture`,
   unit-normalised) and :func:`deduplicate` (k-center with the paper's threshold 0.4: the chosen
@@ -203,10 +203,10 @@ def generate_scenarios(pairs: Sequence[tuple[str, str]], complete: Complete, out
         kept = []
         for (v1, v2), reply in zip(batch, replies):
             question = parse_tagged(reply, QUESTION_TAG)
-            if question is None:
-                counts["incomplete"] += 1
-            elif is_refusal(question) or is_refusal(reply):
+            if is_refusal(reply) or (question is not None and is_refusal(question)):
                 counts["refusal"] += 1
+            elif question is None:
+                counts["incomplete"] += 1
             else:
                 kept.append((v1, v2, question))
         biased_requests = [(i, toward) for i in range(len(kept)) for toward in ("value1", "value2")]
@@ -215,10 +215,10 @@ def generate_scenarios(pairs: Sequence[tuple[str, str]], complete: Complete, out
         queries: dict[tuple[int, str], str] = {(i, "neutral"): kept[i][2] for i in range(len(kept))}
         for (i, toward), reply in zip(biased_requests, biased_replies):
             query = parse_tagged(reply, QUERY_TAG)
-            if query is None:
-                counts["incomplete"] += 1
-            elif is_refusal(query) or is_refusal(reply):
+            if is_refusal(reply) or (query is not None and is_refusal(query)):
                 counts["refusal"] += 1
+            elif query is None:
+                counts["incomplete"] += 1
             else:
                 queries[(i, toward)] = query
         rows = []
