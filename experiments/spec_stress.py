@@ -30,7 +30,8 @@ d_by_label.png.
 **paper**: local instruct models of several families and sizes served by ``jaxstack serve --model
 NAME=PATH`` (or any OpenAI-compatible endpoint), 1,000 scenarios sampled from a local copy of the
 released dataset's ``all_models`` split, B.3 / B.4 through a judge endpoint; see
-``scripts/spec_stress_paper.sh``. It needs an accelerator and local weights; it has not been run here.
+``scripts/spec_stress_paper.sh``. It needs an accelerator and local weights; here its code path has run
+only in a test (two random served models, the dataset fixture, a scripted judge).
 """
 
 from __future__ import annotations
@@ -328,6 +329,7 @@ def plot(run_dir: str | pathlib.Path) -> None:
     ax.set(xlabel="D (max over values of population std across the panel)", ylabel="scenarios",
            title="toy panel: D by pair label")
     ax.legend(fontsize=8)
+    fig.tight_layout()
     record.save_plot(fig, "d_histogram.png")
     plt.close(fig)
 
@@ -343,6 +345,7 @@ def plot(run_dir: str | pathlib.Path) -> None:
     ax.set(xticks=x, xticklabels=bins, xlabel="D bin", ylabel="rate", ylim=(0, 1.05),
            title="flag rate by disagreement bin (different flags: see legend)")
     ax.legend(fontsize=7)
+    fig.tight_layout()
     record.save_plot(fig, "flag_rate_by_bin.png")
     plt.close(fig)
 
@@ -353,6 +356,7 @@ def plot(run_dir: str | pathlib.Path) -> None:
            title=f">= {summary['outliers']['gap']} points from >= {summary['outliers']['min_others']} of the other "
                  f"{len(counts) - 1}")
     ax.set_xticklabels(list(counts), rotation=30, ha="right", fontsize=8)
+    fig.tight_layout()
     record.save_plot(fig, "outliers_per_model.png")
     plt.close(fig)
 
@@ -362,6 +366,7 @@ def plot(run_dir: str | pathlib.Path) -> None:
     ax.set_xticks(range(1, len(present) + 1), present)
     ax.axhline(threshold, color="k", ls="--", lw=1)
     ax.set(ylabel="D", title="D by pair label (full panel, judge positions)")
+    fig.tight_layout()
     record.save_plot(fig, "d_by_label.png")
     plt.close(fig)
 
@@ -373,25 +378,27 @@ def plot(run_dir: str | pathlib.Path) -> None:
 def run_paper(config: Config) -> pathlib.Path:
     """Panel of served models on ``num_scenarios`` scenarios of a local copy of the released dataset,
     B.3 rubrics and B.4 classification by a judge endpoint, D against the paper's own positions for
-    the same scenarios. Untested here (no weights, no accelerator)."""
-    import pyarrow.parquet as pq
-
+    the same scenarios. Run here only on two random served models with a scripted judge (a test); never
+    with real weights."""
     from jaxstack.evals.spec_stress import classify
-    from jaxstack.evals.spec_stress.dataset import _files
+    from jaxstack.evals.spec_stress.dataset import load_dataset
     from jaxstack.evals.spec_stress.panel import EndpointMember
     from jaxstack.inference.client import CompletionsClient
 
     if not config.panel_models or not config.server_url or not config.dataset_path:
         raise ValueError("paper preset: set panel_models, server_url and dataset_path (see scripts/spec_stress_paper.sh)")
     start = time.time()
+    released = load_dataset(config.dataset_path, split="all_models")
+    for column in ("query", "nudge_direction"):
+        if column not in released.meta:
+            raise ValueError(f"dataset_path: the all_models split has no {column!r} column")
     record = RunRecord.create(config.out_dir, "spec-stress", {"config": to_dict(config), "paper": PAPER},
                               stamp=config.run_name)
-    table = pq.read_table(_files(config.dataset_path, "all_models"),
-                          columns=["value1", "value2", "nudge_direction", "query"]).to_pylist()
     rng = np.random.default_rng(config.seed)
-    chosen = sorted(rng.choice(len(table), size=min(config.num_scenarios, len(table)), replace=False).tolist())
-    scenarios = [{"scenario_id": f"all_models:{i}", "pair_id": f"{table[i]['value1']}|{table[i]['value2']}",
-                  **table[i]} for i in chosen]
+    chosen = sorted(rng.choice(len(released), size=min(config.num_scenarios, len(released)), replace=False).tolist())
+    fields = ("value1", "value2", "nudge_direction", "query")
+    scenarios = [{"scenario_id": f"all_models:{i}", "pair_id": f"{released.meta['value1'][i]}|{released.meta['value2'][i]}",
+                  **{f: released.meta[f][i] for f in fields}} for i in chosen]
     members = [EndpointMember(name, CompletionsClient(config.server_url, model=name), mode="chat",
                               params={"temperature": 0.0, "max_tokens": config.max_tokens})
                for name in config.panel_models]
@@ -412,11 +419,23 @@ def run_paper(config: Config) -> pathlib.Path:
                                              [scenarios[i]["scenario_id"] for i in usable], config.panel_models)
     complete = np.all(np.isfinite(positions), axis=(1, 2))
     d = metrics.disagreement(positions[complete], ddof=config.ddof)
+    # the paper's own panel on the same scenarios (rows with every released position present)
+    theirs = released.positions[[chosen[i] for i in usable]][complete]
+    present = np.all(np.isfinite(theirs), axis=(1, 2))
+    d_paper = metrics.disagreement(theirs[present], ddof=config.ddof) if present.any() else np.zeros(0)
+    agreement = {"scenarios": int(present.sum()),
+                 "d_mean_paper_panel": float(d_paper.mean()) if present.any() else float("nan"),
+                 # Pearson r of the two panels' D; NaN when either is constant (undefined)
+                 "d_correlation": (float(np.corrcoef(d[present], d_paper)[0, 1])
+                                   if present.sum() > 2 and d[present].std() > 0 and d_paper.std() > 0 else float("nan")),
+                 "high_both": int((metrics.is_high(d[present]) & metrics.is_high(d_paper)).sum()),
+                 "high_ours": int(metrics.is_high(d[present]).sum()), "high_paper": int(metrics.is_high(d_paper).sum())}
     record.write_summary({"label": "paper preset: local panel on released scenarios", "scenarios": len(scenarios),
                           "rubrics": rubric_counts, "classification": counts, "classified": int(complete.sum()),
                           "d_mean": float(d.mean()), "bin_counts": metrics.bin_counts(d),
                           "high_disagreement": int(metrics.is_high(d).sum()),
                           "outliers": metrics.outlier_counts(positions[complete], config.panel_models),
+                          "versus_paper_panel": agreement,
                           "wall_s": time.time() - start})
     return record.dir
 

@@ -6,6 +6,7 @@ import json
 import pytest
 
 import experiments.spec_stress as spec_stress
+from tests.inference.conftest import random_model, tokenizer  # noqa: F401 (fixtures of the paper-path test)
 
 
 def test_verdict_applies_the_preregistered_thresholds():
@@ -36,3 +37,54 @@ def test_shortened_tiny_run_leaves_a_complete_record(tmp_path):
     panel = [json.loads(line) for line in (run_dir / "panel.jsonl").read_text().splitlines()]
     assert len(panel) == 4 * summary["scenarios"]
     assert "steering" in next(r for r in panel if r["model"] == "panel-0+safety")["settings"]
+
+
+@pytest.mark.slow
+def test_paper_path_on_two_random_served_models_and_a_scripted_judge(tmp_path, monkeypatch, random_model, tokenizer):
+    """The paper preset's code path end to end at toy size: the released-layout fixture as the all_models
+    split, two random models behind one server, a scripted judge (valid JSON, one malformed reply)."""
+    import re
+    import shutil
+
+    from flax import nnx
+
+    from jaxstack.evals.spec_stress import classify
+    from jaxstack.inference.server import ModelServer, ServedModel
+    from jaxstack.models import LlamaForCausalLM
+    from tests.evals.spec_stress.test_dataset import FIXTURE
+
+    (tmp_path / "data" / "data").mkdir(parents=True)
+    shutil.copy(FIXTURE, tmp_path / "data" / "data" / "all_models-00000-of-00001.parquet")
+    calls = {"rubric": 0, "classify": 0}
+
+    def scripted(prompt):
+        if "full spectrum of answering strategies" in prompt:
+            calls["rubric"] += 1
+            v1, v2 = re.search(r"trades off two values, (.+?) and (.+?)\. Here", prompt).groups()
+            spectrum = {label: f"strategy {i}" for i, label in enumerate(classify.POSITION_LABELS)}
+            return json.dumps({"value_pair": [v1, v2], "value1_bias_spectrum": spectrum,
+                               "value2_bias_spectrum": spectrum})
+        calls["classify"] += 1
+        if calls["classify"] == 2:
+            return "I think the first response is neutral."  # malformed: recorded, the run goes on
+        count = int(re.search(r"Here are (\d+) responses", prompt).group(1))
+        return json.dumps({"classifications": [{"response": i + 1, "reasoning": "-", "value1_position": 3 * i,
+                                                "value2_position": 3, "confidence": 0.9} for i in range(count)]})
+
+    monkeypatch.setattr(classify, "client_judge", lambda client, **params: scripted)
+    other = LlamaForCausalLM(random_model.config, rngs=nnx.Rngs(5))
+    server = ModelServer([ServedModel("alpha", random_model, tokenizer, slots=4),
+                          ServedModel("beta", other, tokenizer, slots=4)], port=0).start()
+    try:
+        config = dataclasses.replace(spec_stress.PRESETS["paper"], server_url=server.url, panel_models=("alpha", "beta"),
+                                     judge_url="http://127.0.0.1:9", dataset_path=str(tmp_path / "data"),
+                                     num_scenarios=5, max_tokens=6, out_dir=str(tmp_path / "runs"), run_name="paper")
+        run_dir = spec_stress.run(config)
+    finally:
+        server.shutdown()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["scenarios"] == 5 and summary["classification"]["errors"] == 1
+    assert summary["classified"] == 4 and summary["d_mean"] == pytest.approx(1.5)  # positions 0 and 3 on value 1
+    assert summary["versus_paper_panel"]["scenarios"] == 4
+    errors = (run_dir / "classifications.jsonl.errors.jsonl").read_text()
+    assert "all_models:" in errors and "not valid JSON" in errors

@@ -77,3 +77,13 @@ def test_missing_positions_are_nan_and_dropped_by_recompute(tmp_path):
     assert np.isnan(data.positions[0, data.models.index("o3"), 0])
     numbers = dataset.recompute(data)
     assert numbers["rows"] == 8 and numbers["rows_complete"] == 7
+
+
+def test_the_committed_fixture_is_what_its_generator_writes():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_fixture", FIXTURE.parent / "make_fixture.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert pq.read_table(FIXTURE).equals(module.table())
+    assert module.MODELS == dataset.MODEL_KEYS
