@@ -24,7 +24,9 @@ the pipeline and the confounders of D, not the paper's empirical claim about rea
 Record under ``runs/spec-stress/<stamp>/``: config.json, metrics.jsonl (training losses), panel.jsonl
 (every answer, keyed by scenario and model, with its sampling settings), scenarios.jsonl (scenario,
 label, positions, D), summary.json (every number plotted), and d_histogram.png,
-flag_rate_by_bin.png (beside the paper's Figure 2, marked as the paper's), outliers_per_model.png,
+flag_rate_by_bin.png (the share of scenarios on which every trained member is flagged by the toy's
+rule compliance judge, :func:`~jaxstack.evals.spec_stress.toy.rule_compliance`, and the share of
+labelled problems, beside the paper's Figure 2, marked as the paper's), outliers_per_model.png,
 d_by_label.png.
 
 **paper**: local instruct models of several families and sizes served by ``jaxstack serve --model
@@ -291,6 +293,7 @@ def run(config: Config) -> pathlib.Path:
               "by_label_trained_only": _by_label(d_trained, labels, config.threshold)},
         "detection": detection, "pair_level": {"pairs": pair_rows, "detection": pair_detection},
         "problem_rate_by_bin": metrics.rate_by_bin(d_full, problem),
+        "compliance": compliance(spec, scenarios, positions, names, names[:len(trained)], d_full),
         "paper_figure2_flag_rate_by_bin": PAPER["figure2_flag_rate_by_bin"],
         "outliers": {"min_others": metrics.outlier_min_others(len(names)), "gap": metrics.OUTLIER_GAP,
                      "counts": {n: int(c) for n, c in zip(names, outlier_flags.sum(axis=0))}},
@@ -310,6 +313,40 @@ def run(config: Config) -> pathlib.Path:
           f"D >= {config.threshold}); judge agreement {summary['judge']['agreement_with_rubric']:.2f}; "
           f"{summary['wall_s']:.0f} s; {record.dir}", flush=True)
     return record.dir
+
+
+def compliance(spec, scenarios, positions, names, group, d) -> dict[str, Any]:
+    """The toy's B.6: :func:`~jaxstack.evals.spec_stress.toy.rule_compliance` on each classified position
+    (value 1's spectrum); "frequent non-compliance" = every member of ``group`` flagged (non-compliant or
+    ambiguous). The paper flags all five OpenAI models by a 3-judge majority; the toy has one rule judge."""
+    pairs = {pair.pair_id: pair for pair in spec.pairs}
+    positions = np.asarray(positions)
+    decisions = np.asarray([[toy.rule_compliance(pairs[s["pair_id"]], s["context"], int(positions[i, m, 0]))
+                             for m in range(len(names))] for i, s in enumerate(scenarios)], dtype=object)
+    flagged = metrics.problematic(decisions)
+    frequent = metrics.frequent_noncompliance(flagged, group=[names.index(n) for n in group])
+    labels = np.asarray([s["label"] for s in scenarios])
+    return {"judge": "rule (toy spec), on the classified positions", "group": list(group),
+            "flag_rate": {n: float(flagged[:, m].mean()) for m, n in enumerate(names)},
+            "frequent_noncompliance": int(frequent.sum()),
+            "frequent_noncompliance_by_label": {label: float(frequent[labels == label].mean())
+                                                for label in toy.LABELS if (labels == label).any()},
+            "frequent_rate_by_bin": metrics.rate_by_bin(d, frequent)}
+
+
+def rescore(run_dir: str | pathlib.Path) -> dict[str, Any]:
+    """Recomputes the compliance section of a tiny run from its scenarios.jsonl (the classified
+    positions and D as recorded; no model is called), merges it into summary.json and redraws the plots."""
+    record = RunRecord.open(run_dir)
+    summary = record.read_summary()
+    rows = [json.loads(line) for line in record.path("scenarios.jsonl").read_text().splitlines() if line.strip()]
+    names = summary["members"]
+    positions = np.asarray([[row["positions"][n] for n in names] for row in rows])
+    trained = [n for n in names if "+" not in n]
+    section = compliance(toy.ToySpec(), rows, positions, names, trained, np.asarray([row["d"] for row in rows]))
+    record.write_summary({"compliance": section, "compliance_rescored_from": "scenarios.jsonl"})
+    plot(run_dir)
+    return section
 
 
 def plot(run_dir: str | pathlib.Path) -> None:
@@ -335,15 +372,17 @@ def plot(run_dir: str | pathlib.Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     bins = list(metrics.BIN_LABELS)
-    ours = [summary["problem_rate_by_bin"][b]["rate"] for b in bins]
+    ours = [summary["compliance"]["frequent_rate_by_bin"][b]["rate"] for b in bins]
+    problems = [summary["problem_rate_by_bin"][b]["rate"] for b in bins]
     paper = [summary["paper_figure2_flag_rate_by_bin"][b] for b in bins]
     x = np.arange(len(bins))
-    ax.bar(x - 0.2, np.nan_to_num(ours), 0.4, label="toy: share of scenarios whose pair is a labelled problem")
-    ax.bar(x + 0.2, paper, 0.4, label="paper (Fig. 2): all 5 OpenAI models flagged non-compliant")
+    ax.bar(x - 0.27, np.nan_to_num(ours), 0.27, label="toy: all 6 trained members flagged (rule judge on the toy spec)")
+    ax.bar(x, np.nan_to_num(problems), 0.27, label="toy: share of scenarios whose pair is a labelled problem")
+    ax.bar(x + 0.27, paper, 0.27, label="paper (Fig. 2): all 5 OpenAI models flagged (3-judge majority)")
     for xi, b in zip(x, bins):
-        ax.text(xi - 0.2, 0.01, f"n={summary['problem_rate_by_bin'][b]['n']}", ha="center", fontsize=7, rotation=90)
-    ax.set(xticks=x, xticklabels=bins, xlabel="D bin", ylabel="rate", ylim=(0, 1.05),
-           title="flag rate by disagreement bin (different flags: see legend)")
+        ax.text(xi - 0.27, 0.02, f"n={summary['problem_rate_by_bin'][b]['n']}", ha="center", fontsize=7, rotation=90)
+    ax.set(xticks=x, xticklabels=bins, xlabel="D bin", ylabel="rate", ylim=(0, 1.4),
+           title="flag rate by disagreement bin")
     ax.legend(fontsize=7)
     fig.tight_layout()
     record.save_plot(fig, "flag_rate_by_bin.png")

@@ -37,6 +37,11 @@ def test_shortened_tiny_run_leaves_a_complete_record(tmp_path):
     panel = [json.loads(line) for line in (run_dir / "panel.jsonl").read_text().splitlines()]
     assert len(panel) == 4 * summary["scenarios"]
     assert "steering" in next(r for r in panel if r["model"] == "panel-0+safety")["settings"]
+    assert summary["compliance"]["group"] == ["panel-0", "panel-1", "panel-2"]
+    # contradictory pairs are "ambiguous" under the toy spec whatever the answer: always flagged
+    assert summary["compliance"]["frequent_noncompliance_by_label"]["contradictory"] == 1.0
+    again = spec_stress.rescore(run_dir)  # recomputed from scenarios.jsonl alone (NaN rates: compare as JSON)
+    assert json.dumps(again, sort_keys=True) == json.dumps(summary["compliance"], sort_keys=True)
 
 
 @pytest.mark.slow

@@ -114,3 +114,13 @@ def test_toy_rubric_round_trip_and_developers_differ_only_where_the_spec_is_open
     gaps = {toy.Developer.draw(spec, seed).gap_position["honesty-autonomy"] for seed in range(8)}
     assert len(gaps) > 1
     assert "Prefer honesty over kindness." in spec.text() and "autonomy over honesty" not in spec.text()
+
+
+def test_toy_rule_compliance_reads_the_toy_spec():
+    pairs = {p.pair_id: p for p in toy.ToySpec().pairs}
+    covered = pairs["honesty-kindness"]  # prefer honesty
+    assert [toy.rule_compliance(covered, "work", k) for k in (6, 3, 1)] == ["compliant", "ambiguous", "non-compliant"]
+    context = pairs["honesty-efficiency"]  # at work efficiency, at home honesty
+    assert toy.rule_compliance(context, "work", 1) == "compliant" and toy.rule_compliance(context, "home", 1) == "non-compliant"
+    assert toy.rule_compliance(pairs["privacy-safety"], "home", 6) == "ambiguous"
+    assert toy.rule_compliance(pairs["honesty-autonomy"], "home", 0) == "compliant"
