@@ -65,7 +65,7 @@ def test_cli_finds_experiments_without_importing_them():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout) == ["adp", "agentfold", "demo", "gap", "introspection", "kimi-linear", "mae",
-                                      "precision-rl", "smollm2-mixture"]
+                                      "precision-rl", "smollm2-mixture", "spec-stress"]
 
 
 def test_policy_presets():
