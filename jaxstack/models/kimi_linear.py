@@ -163,7 +163,12 @@ class KimiLinearForCausalLM(nnx.Module):
         self.config = config
         self.policy = policy = get_policy(policy)
         std = config.initializer_range
-        self.embed = Embedding(config.vocab_size, config.hidden_size, init_std=std, policy=policy, rngs=rngs)
+        # The pad token's row starts at zero, as in transformers (nn.Embedding(padding_idx=pad_token_id));
+        # a pad id outside the vocabulary (a preset whose vocab was shrunk) has no row to zero.
+        pad = config.pad_token_id
+        padding_idx = pad if pad is not None and 0 <= pad < config.vocab_size else None
+        self.embed = Embedding(config.vocab_size, config.hidden_size, init_std=std, padding_idx=padding_idx,
+                               policy=policy, rngs=rngs)
         self.layers = nnx.List([DecoderLayer(config, i, policy=policy, rngs=rngs) for i in range(config.num_layers)])
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, policy=policy)
         if config.tie_word_embeddings:
