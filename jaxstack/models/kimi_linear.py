@@ -322,7 +322,7 @@ class KimiLinearForCausalLM(nnx.Module):
     def _check_cache(self, cache, tokens):
         """Shapes and per-layer buffer counts of a KimiCache, with errors naming the stacked view's shape."""
         if not isinstance(cache, KimiCache):
-            raise ValueError(f"cache: expected a KimiCache (init_cache), got {type(cache).__name__}")
+            raise TypeError(f"cache: expected a KimiCache (init_cache), got {type(cache).__name__}")
         config, batch = self.config, tokens.shape[0]
         hk = config.kda_num_heads * config.kda_head_dim
         k = config.kda_head_dim

@@ -43,10 +43,10 @@ pytestmark = pytest.mark.oracle
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from jaxstack.models import checkpoint  # noqa: E402
-from jaxstack.models.configs import LlamaConfig, get_kimi_config  # noqa: E402
-from jaxstack.models.kimi_linear import KimiLinearForCausalLM  # noqa: E402
-from jaxstack.models.llama import LlamaForCausalLM  # noqa: E402
+from jaxstack.models import checkpoint
+from jaxstack.models.configs import LlamaConfig, get_kimi_config
+from jaxstack.models.kimi_linear import KimiLinearForCausalLM
+from jaxstack.models.llama import LlamaForCausalLM
 
 SEEDS = 8
 SIGMAS = 5.0
@@ -61,7 +61,10 @@ def _kimi_hf_classes():
     saved = sys.modules.get("fla", _MISSING)
     sys.modules["fla"] = None
     try:
-        from transformers.models.kimi_linear import configuration_kimi_linear, modeling_kimi_linear
+        from transformers.models.kimi_linear import (
+            configuration_kimi_linear,
+            modeling_kimi_linear,
+        )
     finally:
         if saved is _MISSING:
             del sys.modules["fla"]
