@@ -305,7 +305,7 @@ def run_kimi(args) -> dict:
         if context in snapshots or context not in contexts:
             continue
         # (prefill_chunk does not donate, so these arrays stay valid; the latent slice is a copy)
-        snapshots[context] = (cache.replace(latent=cache.latent[:, :, :context + steps]), last)
+        snapshots[context] = (cache.replace(latents=tuple(b[:, :, :context + steps] for b in cache.latents)), last)
         jax.block_until_ready(snapshots[context])
         print(f"[decode] kimi: prefilled {context} tokens ({time.perf_counter() - start:.1f} s)",
               file=sys.stderr, flush=True)
@@ -360,10 +360,10 @@ def run_kimi(args) -> dict:
             fresh = jax.block_until_ready(jax.tree.map(jnp.copy, cache))
             return lambda: model_steps(state, fresh, last)
         if kind == "kda":
-            fresh = KDAState(conv=jnp.copy(cache.conv[0]), recurrent=jnp.copy(cache.recurrent[0]))
+            fresh = KDAState(conv=jnp.copy(cache.convs[0][0]), recurrent=jnp.copy(cache.recurrents[0][0]))
             jax.block_until_ready(fresh)
             return lambda: kda_steps(kda_params, fresh, xs)
-        fresh = jax.block_until_ready(jnp.copy(cache.latent[0]))
+        fresh = jax.block_until_ready(jnp.copy(cache.latents[0][0]))
         return lambda: mla_steps(mla_params, fresh, cache.lengths, xs)
 
     kinds = ("model", "kda", "mla")

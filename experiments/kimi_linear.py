@@ -44,7 +44,7 @@ from flax import nnx
 from jaxstack.config import to_dict
 from jaxstack.data.lm import text_data
 from jaxstack.models.configs import KimiLinearConfig, get_kimi_config
-from jaxstack.models.kimi_linear import KimiLinearForCausalLM, cache_bytes, init_cache
+from jaxstack.models.kimi_linear import KimiCache, KimiLinearForCausalLM, cache_bytes, init_cache
 from jaxstack.runs import RunRecord, pyplot, read_metrics
 from jaxstack.train.optimizers import OptimizerConfig
 from jaxstack.train.step import make_batch, token_cross_entropy
@@ -283,7 +283,7 @@ def decode_tokens_per_s(model: KimiLinearForCausalLM, context: int, *, steps: in
     config = model.config
     cache = init_cache(config, batch, context + steps)
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
-    cache = cache.replace(
+    cache = KimiCache.from_stacked(
         latent=0.1 * jax.random.normal(k1, cache.latent.shape, cache.latent.dtype),
         recurrent=0.1 * jax.random.normal(k2, cache.recurrent.shape, cache.recurrent.dtype),
         conv=0.1 * jax.random.normal(k3, cache.conv.shape, cache.conv.dtype),

@@ -147,7 +147,7 @@ def cmd_run(args, overrides: dict[str, str]) -> int:
 
 
 # The project's own benchmarks (benchmarks/NAME.py); `jaxstack bench` runs these and nothing else.
-BENCHMARKS = ("data_pipeline", "decode", "eval_throughput", "kda", "serve_load", "train_step")
+BENCHMARKS = ("data_pipeline", "decode", "eval_throughput", "kda", "kimi_decode", "serve_load", "train_step")
 
 
 def cmd_bench(args, overrides: dict[str, str]) -> int:

@@ -283,7 +283,15 @@ class Engine:
                     self.cache_bytes / 2**20, fields)
 
     def _cache_fields(self) -> dict[str, jax.Array]:
-        return {f.name: getattr(self.cache, f.name) for f in dataclasses.fields(self.cache)}
+        """Each cache field as one array: KimiCache keeps a tuple of per-layer buffers per field, reported
+        as their stacked shape (an abstract value: nothing is concatenated)."""
+        def as_array(value):
+            if isinstance(value, tuple):
+                shape = (sum(b.shape[0] for b in value),) + tuple(value[0].shape[1:])
+                return jax.ShapeDtypeStruct(shape, value[0].dtype)
+            return value
+
+        return {f.name: as_array(getattr(self.cache, f.name)) for f in dataclasses.fields(self.cache)}
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -121,7 +121,7 @@ class KimiDeltaAttention(nnx.Module):
         self.q_proj = param(rngs, (d, h, k), ("embed",) + heads_dims, std=init_std, dtype=dtype)
         self.k_proj = param(rngs, (d, h, k), ("embed",) + heads_dims, std=init_std, dtype=dtype)
         self.v_proj = param(rngs, (d, h, k), ("embed",) + heads_dims, std=init_std, dtype=dtype)
-        conv = {"kernel_size": conv_kernel_size, "activation": "silu", "policy": policy, "rngs": rngs}
+        conv = {"kernel_size": conv_kernel_size, "activation": "silu", "init_std": init_std, "policy": policy, "rngs": rngs}
         self.q_conv1d = ShortConvolution(h * k, **conv)
         self.k_conv1d = ShortConvolution(h * k, **conv)
         self.v_conv1d = ShortConvolution(h * k, **conv)

@@ -18,6 +18,9 @@ Decode cache: only the latent ``concat(c_kv, k_rot)`` per token, ``[B, S, kv_lor
 576 values per token for the 48B config. With a cache the scores are computed in the latent space
 ("weight absorption": ``q_nope W_uk^T`` against ``c_kv``), which never materialises per-head keys; without
 one, keys and values are expanded. Both give the same result (tested against a naive reference).
+With a cache the T new latents are scored as a second key block beside the cached slots (one softmax
+over both), and written into the cache after those reads, so a decode step updates the cache buffer
+in place and copies nothing of it (``tests/models/test_kimi_decode_hlo.py`` checks the compiled step).
 """
 
 from __future__ import annotations
@@ -30,6 +33,18 @@ from jaxstack.layers.attention import _write_rows, attention_mask, param
 from jaxstack.layers.norms import RMSNorm
 from jaxstack.layers.rotary import apply_rope
 from jaxstack.precision import DtypePolicy, get_policy
+
+
+def _after(value: jax.Array, dependency: jax.Array) -> jax.Array:
+    """``value`` unchanged (bit for bit, but a ``-0.0`` becomes ``+0.0``), made to depend on ``dependency``.
+
+    XLA updates a buffer in place (``dynamic_update_slice``) only when it can prove the buffer's other
+    readers run first; for readers that the update does not depend on it keeps a full copy of the buffer
+    instead. Adding ``0 * isfinite(dependency[0])`` (0 or 1, never inf / nan, so the sum is exact) gives
+    the update that dependency. (``lax.optimization_barrier`` on the pair did not remove the copy.)
+    """
+    flag = jnp.isfinite(dependency.reshape(-1)[0]).astype(value.dtype)
+    return value + jnp.zeros((), value.dtype) * flag
 
 
 class MultiHeadLatentAttention(nnx.Module):
@@ -162,18 +177,50 @@ class MultiHeadLatentAttention(nnx.Module):
                     f"MultiHeadLatentAttention: cache latent must be [B={batch}, S, {self.latent_dim}], "
                     f"got {list(cache_latent.shape)}"
                 )
-            new_cache = _write_rows(cache_latent, latent, lengths)
-            c_kv, k_rot = jnp.split(new_cache.astype(compute), [self.kv_lora_rank], axis=-1)
-            # Absorbed form: queries mapped into the latent space; keys never expanded per head.
-            q_latent = jnp.einsum("bthn,chn->bthc", q_nope, w_uk)
-            logits = jnp.einsum("bthc,bsc->bhts", q_latent, c_kv, preferred_element_type=acc)
-            logits += jnp.einsum("bthr,bsr->bhts", q_rot, k_rot, preferred_element_type=acc)
-            mask = attention_mask(length, new_cache.shape[1], query_offset=lengths, key_valid_length=lengths + length)
-            probs = self._softmax(logits, mask).astype(compute)
-            out_latent = jnp.einsum("bhts,bsc->bthc", probs, c_kv)
-            out = jnp.einsum("bthc,chv->bthv", out_latent, w_uv)
+            out_latent = self._attend_cached(q_nope, q_rot, w_uk, cache_latent, latent, lengths)
+            out = jnp.einsum("bthc,chv->bthv", out_latent[..., : self.kv_lora_rank], w_uv)
+            # Written after the reads above (the update depends on their result), so XLA updates the
+            # cache buffer in place instead of keeping a copy for the reads (see _after).
+            new_cache = _write_rows(cache_latent, _after(latent, out), lengths)
         y = jnp.einsum("bthv,hvd->btd", out, self.o_proj[...].astype(compute))
         return y, new_cache
+
+    def _attend_cached(self, q_nope, q_rot, w_uk, cache_latent, latent, lengths):
+        """Absorbed attention of T queries over ``lengths`` cached slots plus this call's T latents.
+
+        q_nope: ``[B, T, H, nope]``; q_rot: ``[B, T, H, rope]``; w_uk: ``[C_kv, H, nope]``;
+        cache_latent: ``[B, S, C]`` (slots ``< lengths`` valid); latent: ``[B, T, C]`` the new entries
+        (query t sees new entries ``<= t``). Returns ``[B, T, H, C]`` (compute dtype): the softmax-weighted
+        latents; ``[..., :kv_lora_rank]`` is c_kv's part.
+
+        One softmax over both key blocks (a shared max and sum), so the result is that of attending over
+        the cache after the write. Reading the cache *before* the write lets the write happen in place,
+        and scoring the full latent ``concat(c_kv, k_rot)`` with ``concat(q_nope W_uk^T, q_rot)`` (the
+        same logits as two products) reads each cache row once and slices nothing out of the cache.
+        """
+        compute = self.policy.compute_dtype
+        acc = jnp.promote_types(compute, self.policy.accum_dtype)
+        length, slots = latent.shape[1], cache_latent.shape[1]
+        q_latent = jnp.einsum("bthn,chn->bthc", q_nope, w_uk)
+        q_full = jnp.concatenate([q_latent, q_rot.astype(q_latent.dtype)], axis=-1)  # [B, T, H, C]
+        cached = cache_latent.astype(compute)
+        new = latent.astype(compute)
+        old_logits = jnp.einsum("bthc,bsc->bhts", q_full, cached, preferred_element_type=acc) * self.scale
+        new_logits = jnp.einsum("bthc,buc->bhtu", q_full, new, preferred_element_type=acc) * self.scale
+        old_valid = (jnp.arange(slots)[None, :] < lengths[:, None])[:, None, None, :]  # [B, 1, 1, S]
+        new_valid = jnp.tril(jnp.ones((length, length), bool))[None, None]  # [1, 1, T, T]
+        lowest = jnp.finfo(acc).min
+        old_logits = jnp.where(old_valid, old_logits, lowest)
+        new_logits = jnp.where(new_valid, new_logits, lowest)
+        top = jnp.maximum(old_logits.max(-1, keepdims=True), new_logits.max(-1, keepdims=True))
+        old_p = jnp.where(old_valid, jnp.exp(old_logits - top), 0.0)
+        new_p = jnp.where(new_valid, jnp.exp(new_logits - top), 0.0)
+        total = old_p.sum(-1, keepdims=True) + new_p.sum(-1, keepdims=True)
+        old_p, new_p = (old_p / total).astype(compute), (new_p / total).astype(compute)
+        # Cache first: with the probabilities first, XLA:CPU lays this product out as a transposed copy of
+        # the cache ([C, S], every step); in this order it reads the cache as stored (same math).
+        weighted = jnp.einsum("bsc,bhts->bthc", cached, old_p) + jnp.einsum("bhtu,buc->bthc", new_p, new)
+        return weighted.astype(compute)
 
     def _softmax(self, logits, mask):
         logits = logits * self.scale  # already in the accumulation dtype (f32, or f64 for f64 inputs)

@@ -12,7 +12,8 @@ Block (Moonlight / DeepSeek-V3 style, pre-norm)::
 
 Decode state is one explicit pytree, :class:`KimiCache`: per KDA layer a short-conv state and a float32
 recurrent state (fixed size, independent of context length), per MLA layer a latent cache of
-``kv_lora_rank + qk_rope_head_dim`` values per token. :func:`cache_bytes` compares it with an all-MLA
+``kv_lora_rank + qk_rope_head_dim`` values per token, each layer in its own buffer so that a decode step
+updates it in place. :func:`cache_bytes` compares it with an all-MLA
 model of the same shape.
 
 ``intervention=`` / ``capture=`` (:mod:`jaxstack.layers.interventions`) edit and read the residual
@@ -50,23 +51,62 @@ Mode = Literal["chunk", "recurrent"]
 
 @struct.dataclass
 class KimiCache:
-    """Mixed decode state (explicit pytree, in and out of every model call).
+    """Mixed decode state (explicit pytree, in and out of every model call), one buffer per layer.
 
-    conv: ``[L_kda, B, W-1, 3*H*K]`` short-conv inputs of the KDA layers (q, k, v concatenated).
-    recurrent: ``[L_kda, B, H, K, V]`` float32 KDA states.
-    latent: ``[L_mla, B, S, kv_lora_rank + qk_rope_head_dim]`` MLA latent cache (left-aligned slots).
+    convs: per KDA layer ``[1, B, W-1, 3*H*K]`` short-conv inputs (q, k, v concatenated).
+    recurrents: per KDA layer ``[1, B, H, K, V]`` float32 KDA states.
+    latents: per MLA layer ``[1, B, S, kv_lora_rank + qk_rope_head_dim]`` MLA latent cache (left-aligned
+    slots).
     lengths: ``[B]`` int32 tokens seen per row. All rows must advance together in prefill: the KDA
     state has no notion of padding (pass equal-length prompts, or prefill rows separately).
+
+    Why per-layer buffers: a decode step writes each layer's new latent into that layer's buffer in
+    place (``dynamic_update_slice``; the buffer is carried through the decode loop or donated at the jit
+    boundary). One stacked ``[L, B, S, C]`` array would have to be sliced per layer (a copy: XLA does
+    not alias slices) and re-stacked (a concatenate of the whole cache) on every step. The leading axis
+    of size 1 keeps every leaf ``[layers, B, ...]``, as the continuous-batching engine expects; a kind
+    with no layers holds one empty ``[0, B, ...]`` array, so the stacked views below keep their shapes.
+
+    ``conv`` / ``recurrent`` / ``latent`` are those stacked views (``[L_kda, B, W-1, 3*H*K]``,
+    ``[L_kda, B, H, K, V]``, ``[L_mla, B, S, C]``): a concatenate, for inspection, not for a decode loop.
     """
 
-    conv: jax.Array
-    recurrent: jax.Array
-    latent: jax.Array
+    convs: tuple[jax.Array, ...]
+    recurrents: tuple[jax.Array, ...]
+    latents: tuple[jax.Array, ...]
     lengths: jax.Array
 
     @property
+    def conv(self) -> jax.Array:
+        return _stacked(self.convs)
+
+    @property
+    def recurrent(self) -> jax.Array:
+        return _stacked(self.recurrents)
+
+    @property
+    def latent(self) -> jax.Array:
+        return _stacked(self.latents)
+
+    @property
     def max_length(self) -> int:
-        return self.latent.shape[2]
+        return self.latents[0].shape[2]
+
+    @classmethod
+    def from_stacked(cls, conv: jax.Array, recurrent: jax.Array, latent: jax.Array, lengths: jax.Array) -> KimiCache:
+        """A cache from stacked arrays (the layout of the views above): each ``[L, B, ...]`` split per layer."""
+        return cls(convs=_per_layer(conv), recurrents=_per_layer(recurrent), latents=_per_layer(latent),
+                   lengths=lengths)
+
+
+def _stacked(buffers: tuple[jax.Array, ...]) -> jax.Array:
+    return buffers[0] if len(buffers) == 1 else jnp.concatenate(buffers, axis=0)
+
+
+def _per_layer(stacked: jax.Array) -> tuple[jax.Array, ...]:
+    if stacked.shape[0] == 0:
+        return (stacked,)
+    return tuple(stacked[i : i + 1] for i in range(stacked.shape[0]))
 
 
 def init_cache(config: KimiLinearConfig, batch_size: int, max_length: int, dtype: Any = jnp.float32) -> KimiCache:
@@ -75,10 +115,14 @@ def init_cache(config: KimiLinearConfig, batch_size: int, max_length: int, dtype
         raise ValueError(f"init_cache: batch_size and max_length must be positive, got {batch_size}, {max_length}")
     hk = config.kda_num_heads * config.kda_head_dim
     k = config.kda_head_dim
+
+    def buffers(count, shape, buffer_dtype):
+        return tuple(jnp.zeros((1 if count else 0,) + shape, buffer_dtype) for _ in range(max(count, 1)))
+
     return KimiCache(
-        conv=jnp.zeros((config.num_kda_layers, batch_size, config.short_conv_kernel_size - 1, 3 * hk), dtype),
-        recurrent=jnp.zeros((config.num_kda_layers, batch_size, config.kda_num_heads, k, k), jnp.float32),
-        latent=jnp.zeros((config.num_mla_layers, batch_size, max_length, config.latent_dim), dtype),
+        convs=buffers(config.num_kda_layers, (batch_size, config.short_conv_kernel_size - 1, 3 * hk), dtype),
+        recurrents=buffers(config.num_kda_layers, (batch_size, config.kda_num_heads, k, k), jnp.float32),
+        latents=buffers(config.num_mla_layers, (batch_size, max_length, config.latent_dim), dtype),
         lengths=jnp.zeros((batch_size,), jnp.int32),
     )
 
@@ -163,7 +207,12 @@ class KimiLinearForCausalLM(nnx.Module):
         self.config = config
         self.policy = policy = get_policy(policy)
         std = config.initializer_range
-        self.embed = Embedding(config.vocab_size, config.hidden_size, init_std=std, policy=policy, rngs=rngs)
+        # The pad token's row starts at zero, as in transformers (nn.Embedding(padding_idx=pad_token_id));
+        # a pad id outside the vocabulary (a preset whose vocab was shrunk) has no row to zero.
+        pad = config.pad_token_id
+        padding_idx = pad if pad is not None and 0 <= pad < config.vocab_size else None
+        self.embed = Embedding(config.vocab_size, config.hidden_size, init_std=std, padding_idx=padding_idx,
+                               policy=policy, rngs=rngs)
         self.layers = nnx.List([DecoderLayer(config, i, policy=policy, rngs=rngs) for i in range(config.num_layers)])
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, policy=policy)
         if config.tie_word_embeddings:
@@ -220,23 +269,25 @@ class KimiLinearForCausalLM(nnx.Module):
                                config.num_layers)
         x = self.embed(tokens)
         buffers = {} if hooks is None else hooks.init_buffers(batch, x.shape[-1], x.dtype, stacked=False)
+        # Each layer reads and returns its own buffers ([1, B, ...] -> [B, ...] and back: bitcasts, no
+        # copies); nothing is stacked (see KimiCache).
         convs, recurrents, latents = [], [], []
         for index, layer in enumerate(self.layers):
             state = None
             slot = self._slot[index]
             if cache is not None:
                 if layer.kind == "linear_attention":
-                    state = KDAState(conv=cache.conv[slot], recurrent=cache.recurrent[slot])
+                    state = KDAState(conv=cache.convs[slot][0], recurrent=cache.recurrents[slot][0])
                 else:
-                    state = (cache.latent[slot], cache.lengths)
+                    state = (cache.latents[slot][0], cache.lengths)
             edit = None if intervention is None else intervention.layer(index)
             x, new_state, buffers = _layer_step(layer, x, rope, segment_ids, state, mode, index, hooks, edit, buffers)
             if cache is not None:
                 if layer.kind == "linear_attention":
-                    convs.append(new_state.conv)
-                    recurrents.append(new_state.recurrent)
+                    convs.append(new_state.conv[None])
+                    recurrents.append(new_state.recurrent[None])
                 else:
-                    latents.append(new_state)
+                    latents.append(new_state[None])
         x = self.norm(x)
         if self.lm_head is None:
             logits = self.embed.attend(x)
@@ -246,9 +297,9 @@ class KimiLinearForCausalLM(nnx.Module):
         new_cache = None
         if cache is not None:
             new_cache = KimiCache(
-                conv=jnp.stack(convs) if convs else cache.conv,
-                recurrent=jnp.stack(recurrents) if recurrents else cache.recurrent,
-                latent=jnp.stack(latents) if latents else cache.latent,
+                convs=tuple(convs) if convs else cache.convs,
+                recurrents=tuple(recurrents) if recurrents else cache.recurrents,
+                latents=tuple(latents) if latents else cache.latents,
                 lengths=cache.lengths + length,
             )
         captured = None if hooks is None else hooks.finish(buffers)
@@ -266,22 +317,36 @@ class KimiLinearForCausalLM(nnx.Module):
         if mode not in (None, "chunk", "recurrent"):
             raise ValueError(f"mode: expected None, 'chunk' or 'recurrent', got {mode!r}")
         if cache is not None:
-            config, batch = self.config, tokens.shape[0]
-            hk = config.kda_num_heads * config.kda_head_dim
-            expected = {
-                "conv": (config.num_kda_layers, batch, config.short_conv_kernel_size - 1, 3 * hk),
-                "recurrent": (config.num_kda_layers, batch, config.kda_num_heads, config.kda_head_dim,
-                              config.kda_head_dim),
-            }
-            for name, shape in expected.items():
-                if tuple(getattr(cache, name).shape) != shape:
-                    raise ValueError(f"cache.{name}: expected shape {list(shape)}, got {list(getattr(cache, name).shape)}")
-            latent = cache.latent.shape
-            if latent[:2] != (config.num_mla_layers, batch) or latent[3] != config.latent_dim:
-                raise ValueError(f"cache.latent: expected [L_mla={config.num_mla_layers}, B={batch}, S, "
-                                 f"{config.latent_dim}], got {list(latent)}")
-            if config.num_mla_layers and tokens.shape[1] > cache.max_length:
-                raise ValueError(f"tokens: {tokens.shape[1]} tokens do not fit a cache of {cache.max_length} slots")
+            self._check_cache(cache, tokens)
+
+    def _check_cache(self, cache, tokens):
+        """Shapes and per-layer buffer counts of a KimiCache, with errors naming the stacked view's shape."""
+        if not isinstance(cache, KimiCache):
+            raise TypeError(f"cache: expected a KimiCache (init_cache), got {type(cache).__name__}")
+        config, batch = self.config, tokens.shape[0]
+        hk = config.kda_num_heads * config.kda_head_dim
+        k = config.kda_head_dim
+        expected = {
+            "conv": (config.num_kda_layers, (batch, config.short_conv_kernel_size - 1, 3 * hk)),
+            "recurrent": (config.num_kda_layers, (batch, config.kda_num_heads, k, k)),
+            "latent": (config.num_mla_layers, None),
+        }
+        for name, (layers, shape) in expected.items():
+            buffers = getattr(cache, name + "s")
+            stacked = (sum(b.shape[0] for b in buffers),) + tuple(buffers[0].shape[1:])
+            per_layer = len(buffers) == max(layers, 1) and all(b.shape[0] == (1 if layers else 0) for b in buffers)
+            same = len({tuple(b.shape) for b in buffers}) == 1
+            if name == "latent":
+                if (not per_layer or not same or stacked[:2] != (layers, batch) or len(stacked) != 4
+                        or stacked[3] != config.latent_dim):
+                    raise ValueError(f"cache.latent: expected [L_mla={layers}, B={batch}, S, {config.latent_dim}] "
+                                     f"as {max(layers, 1)} per-layer [1, B, S, C] buffers, got "
+                                     f"{[list(b.shape) for b in buffers]}")
+            elif not per_layer or not same or stacked != (layers,) + shape:
+                raise ValueError(f"cache.{name}: expected shape {[layers, *shape]} as {max(layers, 1)} per-layer "
+                                 f"buffers, got {list(stacked)} ({[list(b.shape) for b in buffers]})")
+        if config.num_mla_layers and tokens.shape[1] > cache.max_length:
+            raise ValueError(f"tokens: {tokens.shape[1]} tokens do not fit a cache of {cache.max_length} slots")
 
 
 # ----------------------------------------------------------------------------------------------------
