@@ -102,7 +102,8 @@ def grouped_cache_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.
     (``[B, KV, G*T, hd] @ [B, KV, hd, S]``), so the cache is read as stored, never transposed nor
     repeated to H heads. Otherwise the math of :func:`_float32_attention_cpu` (additive mask bias,
     max-subtracted exp, the normaliser applied after ``P @ V``): the same products and sums, only
-    grouped differently into matmuls. Returns [B, T, H, hd].
+    grouped differently into matmuls. Returns [B, KV, G, T, hd] (head h = kv * G + g; see
+    :func:`_grouped_output_projection`).
     """
     batch, length, heads, head_dim = q.shape
     kv_heads, slots = k.shape[1], k.shape[2]
@@ -119,8 +120,18 @@ def grouped_cache_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.
     total = jnp.sum(weights, axis=-1, keepdims=True)
     weights = weights.reshape(batch, kv_heads, group * length, slots)
     out = jnp.einsum("bkqs,bksd->bkqd", weights, v, precision=jax.lax.Precision.HIGHEST)
-    out = out.reshape(batch, kv_heads, group, length, head_dim) / total
-    return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(batch, length, heads, head_dim)
+    return out.reshape(batch, kv_heads, group, length, head_dim) / total
+
+
+def _grouped_output_projection(out: jax.Array, o_proj: jax.Array) -> jax.Array:
+    """out [B, KV, G, T, hd] (:func:`grouped_cache_attention`) @ o_proj [H, hd, D] -> [B, T, D]. The
+    contraction runs over (KV, G, hd) as laid out: ``o_proj`` is only reshaped (H = KV * G), so XLA
+    does not re-lay the weight out for every decode step."""
+    kv_heads, group = out.shape[1], out.shape[2]
+    weight = o_proj.reshape(kv_heads, group, o_proj.shape[1], o_proj.shape[2])
+    # dot_general with the contracting dims in storage order (an einsum may list them reversed, and
+    # XLA then transposes the weight to match)
+    return jax.lax.dot_general(out, weight, (((1, 2, 4), (0, 1, 2)), ((), ())))
 
 
 def dot_product_attention(
@@ -361,7 +372,7 @@ def attention(
         if (kernels.attention_block is None and q.dtype == jnp.float32 and implementation in (None, "xla")
                 and jax.default_backend() == "cpu"):
             out = grouped_cache_attention(q, k, v, mask)  # the cache as stored: [B, KV, S, hd]
-            return jnp.einsum("btnh,nhd->btd", out, o_proj.astype(compute)), new_cache
+            return _grouped_output_projection(out, o_proj.astype(compute)), new_cache
         k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # the other kernels take [B, S, KV, hd]
     if kernels.attention_block is not None:
         if mask is None:  # the online kernel takes an explicit mask
