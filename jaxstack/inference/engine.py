@@ -150,8 +150,23 @@ class SlotRows:
 
 
 def _batch_axis(leaf: jax.Array) -> int:
-    """Both decode caches keep ``lengths`` as [B] and every other field as [layers, B, ...]."""
+    """Both decode caches keep ``lengths`` as [B] and every other stacked field as [layers, B, ...]."""
     return 0 if leaf.ndim == 1 else 1
+
+
+def _batch_axes(cache):
+    """The batch axis of each leaf of ``cache``: the cache's own ``batch_axes()`` where it has one
+    (a Llama KVCache of per-layer [B, ...] arrays), else :func:`_batch_axis`."""
+    if hasattr(cache, "batch_axes"):
+        return cache.batch_axes()
+    return jax.tree.map(_batch_axis, cache)
+
+
+def _describe(name: str, value) -> str:
+    """``name[shape] dtype`` of a cache field; a tuple of per-layer arrays as ``name L x [shape] dtype``."""
+    if isinstance(value, (tuple, list)):
+        return f"{name} {len(value)} x {list(value[0].shape)} {value[0].dtype}"
+    return f"{name}{list(value.shape)} {value.dtype}"
 
 
 def _row_keys(seeds: jax.Array, counts: jax.Array) -> jax.Array:
@@ -171,13 +186,14 @@ def _prefill(graphdef, state, cache, logits, slot, tokens, start, valid):
     logits of every slot; row ``slot`` gets those after the last real token. Returns (cache, logits).
     """
     model = nnx.merge(graphdef, state)
-    row = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, slot, 1, axis=_batch_axis(a)), cache)
+    axes = _batch_axes(cache)
+    row = jax.tree.map(lambda a, axis: jax.lax.dynamic_slice_in_dim(a, slot, 1, axis=axis), cache, axes)
     row = jax.tree.map(lambda a: jnp.where(start == 0, jnp.zeros_like(a), a), row)
     out = model(tokens, cache=row.replace(lengths=jnp.full((1,), start, jnp.int32)))
     new_row = out.cache.replace(lengths=jnp.full((1,), start + valid, jnp.int32))
     cache = jax.tree.map(
-        lambda a, r: jax.lax.dynamic_update_slice_in_dim(a, r.astype(a.dtype), slot, axis=_batch_axis(a)),
-        cache, new_row)
+        lambda a, r, axis: jax.lax.dynamic_update_slice_in_dim(a, r.astype(a.dtype), slot, axis=axis),
+        cache, new_row, axes)
     last = jax.lax.dynamic_index_in_dim(out.logits[0], valid - 1, axis=0, keepdims=False)
     return cache, logits.at[slot].set(last.astype(jnp.float32))
 
@@ -278,7 +294,7 @@ class Engine:
         self.prefills = 0  # prefill programs run
         self.warmup_seconds: float | None = None
         self.failure: BaseException | None = None  # an error that stopped the loop itself
-        fields = ", ".join(f"{k}{list(v.shape)} {v.dtype}" for k, v in self._cache_fields().items())
+        fields = ", ".join(_describe(k, v) for k, v in self._cache_fields().items())
         logger.info("%s: %d slots x %d tokens, decode cache %.1f MiB (%s)", name, slots, self.max_length,
                     self.cache_bytes / 2**20, fields)
 

@@ -176,9 +176,14 @@ def _generate(graphdef, state, prompt, prompt_lengths, key, intervention=None, *
     model = nnx.merge(graphdef, state)
     batch, prompt_len = prompt.shape
     cache = init_decode_cache(model, batch, prompt_len + config.max_new_tokens, cache_dtype)
-    prefill = model(prompt, cache=cache, intervention=intervention)
-    rows = jnp.arange(batch)
-    last_logits = prefill.logits[rows, prompt_lengths - 1]
+    if isinstance(model, llama.LlamaForCausalLM):
+        # the LM head at each row's last prompt token only (not at all B x P positions)
+        last = (prompt_lengths - 1).astype(jnp.int32)[:, None]
+        prefill = model(prompt, cache=cache, intervention=intervention, logits_indices=last)
+        last_logits = prefill.logits[:, 0]
+    else:
+        prefill = model(prompt, cache=cache, intervention=intervention)
+        last_logits = prefill.logits[jnp.arange(batch), prompt_lengths - 1]
     cache = prefill.cache.replace(lengths=prompt_lengths.astype(jnp.int32))
     stop = jnp.asarray(config.stop_tokens or (-1,), jnp.int32)
     sampling = RowSampling.from_config(config, batch)

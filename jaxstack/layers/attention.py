@@ -84,6 +84,56 @@ def _write_rows(cache: jax.Array, update: jax.Array, start: jax.Array) -> jax.Ar
     return jax.vmap(write)(cache, update, start)
 
 
+def _write_slots(cache: jax.Array, update: jax.Array, start: jax.Array) -> jax.Array:
+    """Writes update [B, T, KV, hd] into a heads-major cache [B, KV, S, hd] at per-row slot offsets
+    start [B] (an in-place dynamic-update-slice per row when the cache buffer is dead afterwards)."""
+    update = jnp.swapaxes(update, 1, 2).astype(cache.dtype)  # [B, KV, T, hd]: small, T new tokens only
+
+    def write(row_cache, row_update, row_start):
+        return jax.lax.dynamic_update_slice(row_cache, row_update, (0, row_start, 0))
+
+    return jax.vmap(write)(cache, update, start)
+
+
+def grouped_cache_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """float32 attention of q [B, T, H, hd] over a heads-major cache k, v [B, KV, S, hd]; mask [B|1, 1, T, S].
+
+    The decode layout: the G = H / KV query heads of a KV head are stacked on the query axis
+    (``[B, KV, G*T, hd] @ [B, KV, hd, S]``), so the cache is read as stored, never transposed nor
+    repeated to H heads. Otherwise the math of :func:`_float32_attention_cpu` (additive mask bias,
+    max-subtracted exp, the normaliser applied after ``P @ V``): the same products and sums, only
+    grouped differently into matmuls. Returns [B, KV, G, T, hd] (head h = kv * G + g; see
+    :func:`_grouped_output_projection`).
+    """
+    batch, length, heads, head_dim = q.shape
+    kv_heads, slots = k.shape[1], k.shape[2]
+    group = heads // kv_heads
+    # head h = kv * G + g, as jnp.repeat(k, G, axis=heads) pairs them
+    qg = (q * jnp.float32(1.0 / np.sqrt(head_dim))).reshape(batch, length, kv_heads, group, head_dim)
+    qg = jnp.transpose(qg, (0, 2, 3, 1, 4)).reshape(batch, kv_heads, group * length, head_dim)
+    logits = jnp.einsum("bkqd,bksd->bkqs", qg, k, precision=jax.lax.Precision.HIGHEST)
+    logits = logits.reshape(batch, kv_heads, group, length, slots)
+    bias = jnp.where(mask, jnp.float32(0), jnp.finfo(jnp.float32).min * 0.7)  # [B|1, 1, T, S]
+    logits = logits + bias[:, :, None]
+    peak = jnp.max(logits, axis=-1, keepdims=True)
+    weights = jnp.exp(logits - peak)
+    total = jnp.sum(weights, axis=-1, keepdims=True)
+    weights = weights.reshape(batch, kv_heads, group * length, slots)
+    out = jnp.einsum("bkqs,bksd->bkqd", weights, v, precision=jax.lax.Precision.HIGHEST)
+    return out.reshape(batch, kv_heads, group, length, head_dim) / total
+
+
+def _grouped_output_projection(out: jax.Array, o_proj: jax.Array) -> jax.Array:
+    """out [B, KV, G, T, hd] (:func:`grouped_cache_attention`) @ o_proj [H, hd, D] -> [B, T, D]. The
+    contraction runs over (KV, G, hd) as laid out: ``o_proj`` is only reshaped (H = KV * G), so XLA
+    does not re-lay the weight out for every decode step."""
+    kv_heads, group = out.shape[1], out.shape[2]
+    weight = o_proj.reshape(kv_heads, group, o_proj.shape[1], o_proj.shape[2])
+    # dot_general with the contracting dims in storage order (an einsum may list them reversed, and
+    # XLA then transposes the weight to match)
+    return jax.lax.dot_general(out, weight, (((1, 2, 4), (0, 1, 2)), ((), ())))
+
+
 def dot_product_attention(
     q: jax.Array,
     k: jax.Array,
@@ -263,8 +313,10 @@ def attention(
     attention_allowed: [B, T, T] bool (no cache), ANDed with the causal (and segment / window) mask.
     query_indices: [B, P] int (no cache): queries only at these positions (keys/values from all T,
       masks taken at the queries' own slots); the output is [B, P, D].
-    cache: ``(k [B, S, KV, hd], v [B, S, KV, hd], lengths [B])`` with ``lengths`` the number of slots
-      filled *before* this call; the T new keys are written at slots ``lengths .. lengths + T``.
+    cache: ``(k [B, KV, S, hd], v [B, KV, S, hd], lengths [B])`` (heads-major, the layout the decode
+      matmuls read) with ``lengths`` the number of slots filled *before* this call; the T new keys are
+      written at slots ``lengths .. lengths + T``. float32 on CPU (the XLA implementation, no
+      ``attention_block``) attends with :func:`grouped_cache_attention` on the cache as stored.
     kernels: ``fused_qkv`` (one QKV matmul) and ``attention_block`` (the online-softmax kernel, its
       statistics in ``policy.softmax_dtype``); the default is the training kernels.
     Returns (y [B, T, D] compute dtype, (k, v) updated or None).
@@ -305,18 +357,23 @@ def attention(
             raise ValueError("segment_ids / attention_allowed: not supported together with a KV cache "
                              "(decode one sequence per row)")
         cache_k, cache_v, lengths = cache
-        cache_k = _write_rows(cache_k, k, lengths)
-        cache_v = _write_rows(cache_v, v, lengths)
+        cache_k = _write_slots(cache_k, k, lengths)
+        cache_v = _write_slots(cache_v, v, lengths)
         new_cache = (cache_k, cache_v)
         mask = attention_mask(
             x.shape[1],
-            cache_k.shape[1],
+            cache_k.shape[2],
             query_offset=lengths,
             key_valid_length=lengths + x.shape[1],
             sliding_window=sliding_window,
         )
         is_causal = False
         k, v = cache_k.astype(q.dtype), cache_v.astype(q.dtype)
+        if (kernels.attention_block is None and q.dtype == jnp.float32 and implementation in (None, "xla")
+                and jax.default_backend() == "cpu"):
+            out = grouped_cache_attention(q, k, v, mask)  # the cache as stored: [B, KV, S, hd]
+            return _grouped_output_projection(out, o_proj.astype(compute)), new_cache
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # the other kernels take [B, S, KV, hd]
     if kernels.attention_block is not None:
         if mask is None:  # the online kernel takes an explicit mask
             mask = attention_mask(x.shape[1], x.shape[1], sliding_window=sliding_window)

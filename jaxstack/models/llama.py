@@ -32,17 +32,55 @@ from jaxstack.precision import DtypePolicy, get_policy
 class KVCache:
     """Decode state, an explicit pytree that goes in and comes out of every model call.
 
-    k, v: [L, B, S, KV, hd] (cache dtype); lengths: [B] int32, filled slots per row. Slot ``s`` of a
-    row holds the token at slot index ``s`` of that row's sequence (left-aligned; no left padding).
+    k, v: per layer, heads-major ``[B, KV, S, hd]`` (cache dtype), the layout the decode matmuls read
+    (no transpose or GQA repeat per step). Two forms of the same values: a tuple of L such arrays
+    (``init_cache``'s form for the layer loop: each layer's cache is its own buffer, updated in place,
+    never sliced out of or re-stacked into a stacked array) or one stacked array ``[L, B, KV, S, hd]``
+    (the form for ``scan_layers``, whose layer scan slices it). A model call returns the form it was
+    given; ``np.asarray(cache.k)`` is ``[L, B, KV, S, hd]`` for both. lengths: [B] int32, filled slots
+    per row. Slot ``s`` of a row holds the token at slot index ``s`` of that row's sequence
+    (left-aligned; no left padding).
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: jax.Array | tuple[jax.Array, ...]
+    v: jax.Array | tuple[jax.Array, ...]
     lengths: jax.Array
 
     @property
+    def layered(self) -> bool:
+        """True for the per-layer tuple form."""
+        return isinstance(self.k, (tuple, list))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.k) if self.layered else self.k.shape[0]
+
+    @property
+    def batch_size(self) -> int:
+        return self.k[0].shape[0] if self.layered else self.k.shape[1]
+
+    @property
     def max_length(self) -> int:
-        return self.k.shape[2]
+        return self.k[0].shape[2] if self.layered else self.k.shape[3]
+
+    def stacked(self) -> KVCache:
+        """This cache with k, v as [L, B, KV, S, hd] arrays (a copy when layered)."""
+        if not self.layered:
+            return self
+        return self.replace(k=jnp.stack(self.k), v=jnp.stack(self.v))
+
+    def per_layer(self) -> KVCache:
+        """This cache with k, v as tuples of L [B, KV, S, hd] arrays."""
+        if self.layered:
+            return self.replace(k=tuple(self.k), v=tuple(self.v))
+        return self.replace(k=tuple(self.k[i] for i in range(self.k.shape[0])),
+                            v=tuple(self.v[i] for i in range(self.v.shape[0])))
+
+    def batch_axes(self) -> KVCache:
+        """The batch axis of each leaf (0 for per-layer arrays and lengths, 1 for stacked arrays), as
+        a pytree of the cache's structure (``jax.tree.map`` over the cache and this)."""
+        axis = 0 if self.layered else 1
+        return jax.tree.map(lambda a: 0 if a.ndim == 1 else axis, self)
 
 
 @struct.dataclass
@@ -57,11 +95,17 @@ class ModelOutput:
 
 
 def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype: Any = jnp.float32) -> KVCache:
-    """An empty cache for ``batch_size`` rows of up to ``max_length`` tokens each."""
+    """An empty cache for ``batch_size`` rows of up to ``max_length`` tokens each: per-layer arrays
+    (a tuple) for the layer loop, stacked arrays with ``config.scan_layers`` (see :class:`KVCache`)."""
     if max_length <= 0 or batch_size <= 0:
         raise ValueError(f"init_cache: batch_size and max_length must be positive, got {batch_size}, {max_length}")
-    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
-    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), lengths=jnp.zeros((batch_size,), jnp.int32))
+    shape = (batch_size, config.num_kv_heads, max_length, config.head_dim)
+    lengths = jnp.zeros((batch_size,), jnp.int32)
+    if config.scan_layers:
+        stacked = (config.num_layers,) + shape
+        return KVCache(k=jnp.zeros(stacked, dtype), v=jnp.zeros(stacked, dtype), lengths=lengths)
+    zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))  # noqa: E731
+    return KVCache(k=zeros(), v=zeros(), lengths=lengths)
 
 
 class DecoderLayer(nnx.Module):
@@ -87,7 +131,7 @@ class DecoderLayer(nnx.Module):
 
     def __call__(self, x, rope, *, segment_ids=None, cache=None, attention_allowed=None, query_indices=None,
                  kernels: KernelOptions = TRAINING_KERNELS):
-        """x: [B, T, D]. cache: (k [B,S,KV,hd], v, lengths [B]) or None. Returns (x, (k, v) or None).
+        """x: [B, T, D]. cache: (k [B,KV,S,hd], v, lengths [B]) or None. Returns (x, (k, v) or None).
 
         query_indices: [B, P] (no cache): compute the layer's output only at these positions (keys and
         values still come from all T); returns x [B, P, D]. Used for the last layer when only some
@@ -229,6 +273,7 @@ class LlamaForCausalLM(nnx.Module):
         new_cache = None
         if cache is not None:
             new_cache = KVCache(k=new_kv[0], v=new_kv[1], lengths=cache.lengths + length)
+            new_cache = new_cache.per_layer() if cache.layered else new_cache.stacked()  # the form given
         captured = None if hooks is None else hooks.finish(captured)
         return ModelOutput(logits=logits.astype(self.policy.output_dtype), cache=new_cache, captured=captured)
 
@@ -242,6 +287,9 @@ class LlamaForCausalLM(nnx.Module):
         buffers = {} if hooks is None else hooks.init_buffers(x.shape[0], x.shape[-1], x.dtype,
                                                               stacked=self.config.scan_layers)
         if not self.config.scan_layers:
+            # each layer reads and updates its own cache buffer: no slice out of / stack into a
+            # stacked array, so XLA writes the new slots in place
+            cache = None if cache is None else cache.per_layer()
             ks, vs = [], []
             for index, layer in enumerate(self.layers):
                 layer_cache = None if cache is None else (cache.k[index], cache.v[index])
@@ -252,7 +300,7 @@ class LlamaForCausalLM(nnx.Module):
                 if kv is not None:
                     ks.append(kv[0])
                     vs.append(kv[1])
-            return x, ((jnp.stack(ks), jnp.stack(vs)) if cache is not None else None), buffers
+            return x, ((tuple(ks), tuple(vs)) if cache is not None else None), buffers
 
         graphdef, state = nnx.split(self.layers)
         remat = self.config.remat
@@ -267,6 +315,7 @@ class LlamaForCausalLM(nnx.Module):
 
         if remat:
             body = jax.checkpoint(body, prevent_cse=False)
+        cache = None if cache is None else cache.stacked()
         layer_caches = None if cache is None else (cache.k, cache.v)
         indices = jnp.arange(self.config.num_layers, dtype=jnp.int32)
         edits = None if intervention is None else intervention.stacked()  # per-layer slices as scan inputs
@@ -300,8 +349,9 @@ class LlamaForCausalLM(nnx.Module):
                 )
         if cache is not None:
             expected = (self.config.num_layers, tokens.shape[0])
-            if cache.k.shape[:2] != expected:
-                raise ValueError(f"cache: expected k of shape [L={expected[0]}, B={expected[1]}, ...], got {list(cache.k.shape)}")
+            if (cache.num_layers, cache.batch_size) != expected:
+                raise ValueError(f"cache: expected k of shape [L={expected[0]}, B={expected[1]}, ...], got "
+                                 f"{[cache.num_layers, cache.batch_size]} (layers, rows)")
             if tokens.shape[1] > cache.max_length:
                 raise ValueError(f"tokens: {tokens.shape[1]} tokens do not fit a cache of {cache.max_length} slots")
 
