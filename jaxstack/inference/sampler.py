@@ -177,9 +177,10 @@ def _generate(graphdef, state, prompt, prompt_lengths, key, intervention=None, *
     batch, prompt_len = prompt.shape
     cache = init_decode_cache(model, batch, prompt_len + config.max_new_tokens, cache_dtype)
     if isinstance(model, llama.LlamaForCausalLM):
-        # the LM head at each row's last prompt token only (not at all B x P positions)
+        # the LM head at each row's last prompt token only (not at all B x P positions); the prompt
+        # attends causally among its own tokens (cache_fresh), not over every slot of the empty cache
         last = (prompt_lengths - 1).astype(jnp.int32)[:, None]
-        prefill = model(prompt, cache=cache, intervention=intervention, logits_indices=last)
+        prefill = model(prompt, cache=cache, intervention=intervention, logits_indices=last, cache_fresh=True)
         last_logits = prefill.logits[:, 0]
     else:
         prefill = model(prompt, cache=cache, intervention=intervention)

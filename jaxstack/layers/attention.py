@@ -155,6 +155,8 @@ def dot_product_attention(
         # at compile time under jit; this is the same math on CPU.
         return _float16_attention_cpu(q, k, v, mask=mask, is_causal=is_causal, sliding_window=sliding_window)
     if q.dtype == jnp.float32 and implementation in (None, "xla") and jax.default_backend() == "cpu":
+        if is_causal and mask is None and q.shape[1] == k.shape[1] and q.shape[1] >= 2 * CAUSAL_BLOCK:
+            return causal_blocked_attention(q, k, v, block=CAUSAL_BLOCK, sliding_window=sliding_window)
         return _float32_attention_cpu(q, k, v, mask=mask, is_causal=is_causal, sliding_window=sliding_window)
     local_window = None
     if is_causal and sliding_window is not None:
@@ -186,6 +188,56 @@ def _float16_attention_cpu(q, k, v, *, mask, is_causal, sliding_window):
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min * 0.7)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("bnts,bsnh->btnh", probs, v)
+
+
+# Query block of :func:`causal_blocked_attention` (the float32 CPU causal path). Measured on 2 cores at
+# B16 T512, 9 heads / 3 KV heads of 64: 32 -> 147 ms, 64 -> 123 ms, 128 -> 184 ms, unblocked 271 ms,
+# the repeated-heads form (:func:`_float32_attention_cpu`) 332 ms.
+CAUSAL_BLOCK = 64
+
+
+def causal_blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, block: int,
+                             sliding_window: int | None = None) -> jax.Array:
+    """Causal float32 attention that skips the fully masked key blocks. q: [B, T, H, hd]; k, v:
+    [B, T, KV, hd] (the same T slots as the queries, H % KV == 0). Returns [B, T, H, hd].
+
+    Queries run in blocks of ``block`` rows (a static Python loop, so each block's key range is a
+    static slice): block ``[i0, i1)`` attends to keys ``[lo, i1)`` only, ``lo`` the first key block a
+    sliding window can reach (0 without a window), about half of the ``T x T`` logits for plain causal
+    attention. GQA is grouped, not repeated: the G = H / KV query heads of a KV head share its keys
+    (``[B, KV, G, t, hd] @ [B, KV, hd, s]``). Otherwise the math of :func:`_float32_attention_cpu`
+    (additive mask bias, max-subtracted exp, the normaliser applied after ``P @ V``); the skipped keys
+    are the ones whose weights that form underflows to exactly 0, so the result differs from it by
+    float32 reassociation only. Every query sees at least its own key, so no row is fully masked.
+    """
+    batch, length, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    group = heads // kv_heads
+    if k.shape[1] != length or v.shape[1] != length:
+        raise ValueError(f"causal_blocked_attention: keys must cover the query slots, got q {q.shape}, k {k.shape}")
+    qg = (q * jnp.float32(1.0 / np.sqrt(head_dim))).reshape(batch, length, kv_heads, group, head_dim)
+    qg = jnp.transpose(qg, (0, 2, 3, 1, 4))  # [B, KV, G, T, hd]
+    kh, vh = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, KV, T, hd]
+    floor = jnp.finfo(jnp.float32).min * 0.7
+    outs = []
+    for i0 in range(0, length, block):
+        i1 = min(i0 + block, length)
+        lo = 0 if sliding_window is None else max(0, i0 - sliding_window + 1) // block * block
+        logits = jnp.einsum("bkgtd,bksd->bkgts", qg[:, :, :, i0:i1], kh[:, :, lo:i1],
+                            precision=jax.lax.Precision.HIGHEST)
+        q_slot = jnp.arange(i0, i1)[:, None]
+        k_slot = jnp.arange(lo, i1)[None, :]
+        allowed = k_slot <= q_slot
+        if sliding_window is not None:
+            allowed = allowed & (q_slot - k_slot < sliding_window)
+        logits = logits + jnp.where(allowed, jnp.float32(0), floor)
+        peak = jnp.max(logits, axis=-1, keepdims=True)
+        weights = jnp.exp(logits - peak)
+        total = jnp.sum(weights, axis=-1, keepdims=True)
+        out = jnp.einsum("bkgts,bksd->bkgtd", weights, vh[:, :, lo:i1], precision=jax.lax.Precision.HIGHEST)
+        outs.append(out / total)
+    out = jnp.concatenate(outs, axis=3)  # [B, KV, G, T, hd]
+    return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(batch, length, heads, head_dim)
 
 
 def _float32_attention_cpu(q, k, v, *, mask, is_causal, sliding_window):
@@ -315,7 +367,9 @@ def attention(
       masks taken at the queries' own slots); the output is [B, P, D].
     cache: ``(k [B, KV, S, hd], v [B, KV, S, hd], lengths [B])`` (heads-major, the layout the decode
       matmuls read) with ``lengths`` the number of slots filled *before* this call; the T new keys are
-      written at slots ``lengths .. lengths + T``. float32 on CPU (the XLA implementation, no
+      written at slots ``lengths .. lengths + T``. ``lengths`` None: the rows start afresh (a fresh
+      prefill): the T keys are written at slots ``0 .. T`` and the queries attend causally among the T
+      new tokens only, not over all S slots. float32 on CPU (the XLA implementation, no
       ``attention_block``) attends with :func:`grouped_cache_attention` on the cache as stored.
     kernels: ``fused_qkv`` (one QKV matmul) and ``attention_block`` (the online-softmax kernel, its
       statistics in ``policy.softmax_dtype``); the default is the training kernels.
@@ -357,6 +411,19 @@ def attention(
             raise ValueError("segment_ids / attention_allowed: not supported together with a KV cache "
                              "(decode one sequence per row)")
         cache_k, cache_v, lengths = cache
+        if lengths is None:
+            # the rows start afresh: the T tokens go to slots 0..T-1 and attend among themselves only
+            # (the no-cache causal attention, not all S slots under a mask)
+            if x.shape[1] > cache_k.shape[2]:
+                raise ValueError(f"cache: {x.shape[1]} tokens do not fit a cache of {cache_k.shape[2]} slots")
+            start = (0,) * cache_k.ndim
+            cache_k = jax.lax.dynamic_update_slice(cache_k, jnp.swapaxes(k, 1, 2).astype(cache_k.dtype), start)
+            cache_v = jax.lax.dynamic_update_slice(cache_v, jnp.swapaxes(v, 1, 2).astype(cache_v.dtype), start)
+            new_cache = (cache_k, cache_v)
+            k = k.astype(cache_k.dtype).astype(q.dtype)  # what a later step reads back from the cache
+            v = v.astype(cache_v.dtype).astype(q.dtype)
+            return _attend_and_project(q, k, v, o_proj, None, True, sliding_window, implementation, kernels,
+                                       policy, compute), new_cache
         cache_k = _write_slots(cache_k, k, lengths)
         cache_v = _write_slots(cache_v, v, lengths)
         new_cache = (cache_k, cache_v)
@@ -374,16 +441,21 @@ def attention(
             out = grouped_cache_attention(q, k, v, mask)  # the cache as stored: [B, KV, S, hd]
             return _grouped_output_projection(out, o_proj.astype(compute)), new_cache
         k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # the other kernels take [B, S, KV, hd]
+    return _attend_and_project(q, k, v, o_proj, mask, is_causal, sliding_window, implementation, kernels,
+                               policy, compute), new_cache
+
+
+def _attend_and_project(q, k, v, o_proj, mask, is_causal, sliding_window, implementation, kernels, policy, compute):
+    """The attention kernel the options pick, on q [B, T, H, hd], k, v [B, S, KV, hd], then o_proj."""
     if kernels.attention_block is not None:
         if mask is None:  # the online kernel takes an explicit mask
-            mask = attention_mask(x.shape[1], x.shape[1], sliding_window=sliding_window)
+            mask = attention_mask(q.shape[1], k.shape[1], sliding_window=sliding_window)
         out = online_softmax_attention(q, k, v, mask, block=kernels.attention_block,
                                        softmax_dtype=policy.softmax_dtype)
     else:
         out = dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, sliding_window=sliding_window,
                                     implementation=implementation)
-    y = jnp.einsum("btnh,nhd->btd", out, o_proj.astype(compute))
-    return y, new_cache
+    return jnp.einsum("btnh,nhd->btd", out, o_proj.astype(compute))
 
 
 class Attention(nnx.Module):

@@ -211,6 +211,7 @@ class LlamaForCausalLM(nnx.Module):
         kernels: KernelOptions = TRAINING_KERNELS,
         intervention: Intervention | None = None,
         capture: Capture | None = None,
+        cache_fresh: bool = False,
     ) -> ModelOutput:
         """tokens: [B, T] int. positions: [B, T] int (default: 0..T-1, or continuing the cache).
 
@@ -233,6 +234,10 @@ class LlamaForCausalLM(nnx.Module):
         capture: a :class:`~jaxstack.layers.interventions.Capture`; ``output.captured[name]`` is
         [K, B, P, D]. A capture that reads the last layer's output (site "post", or "attention" /
         "mlp") switches the last-layer pruning of ``logits_indices`` off (the logits are the same).
+        cache_fresh: with a cache, every row starts afresh (a prefill): the cache's ``lengths`` are
+        taken as 0, the T tokens are written at slots 0..T-1 and attend causally among themselves only
+        (the no-cache attention, about half the work of attending over all S slots under a mask); the
+        returned lengths are T. Same result as ``cache.replace(lengths=zeros)`` without the flag.
         Returns ModelOutput(logits [B, T or P, V] in policy.output_dtype, cache, captured). The LM head
         runs in ``policy.lm_head_dtype`` (the compute dtype unless the policy says e.g. float32).
         """
@@ -244,9 +249,13 @@ class LlamaForCausalLM(nnx.Module):
             intervention.validate(num_layers, batch, self.config.hidden_size)
         if capture is not None:
             capture.validate(num_layers, batch, length)
+        if cache_fresh and cache is None:
+            raise ValueError("cache_fresh: needs a cache to prefill")
+        if cache_fresh:
+            cache = cache.replace(lengths=jnp.zeros_like(cache.lengths))
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-            if cache is not None:
+            if cache is not None and not cache_fresh:
                 positions = positions + cache.lengths[:, None]
         rope = rope_angles(
             positions, self.config.head_dim, self.config.rope_theta, self.config.rope_scaling, self.policy.accum_dtype
@@ -261,7 +270,7 @@ class LlamaForCausalLM(nnx.Module):
         if hooks is not None and hooks.needs_all_positions(num_layers - 1):
             prune = None
         x, new_kv, captured = self._run_layers(x, rope, (segment_ids, attention_allowed), cache, prune, kernels,
-                                               hooks, intervention)
+                                               hooks, intervention, fresh=cache_fresh)
         if logits_indices is not None and prune is None:
             x = jnp.take_along_axis(x, logits_indices[:, :, None], axis=1)
         x = self.norm(x, chunks=kernels.norm_chunks)
@@ -278,11 +287,13 @@ class LlamaForCausalLM(nnx.Module):
         return ModelOutput(logits=logits.astype(self.policy.output_dtype), cache=new_cache, captured=captured)
 
     def _run_layers(self, x, rope, masks, cache, query_indices=None, kernels: KernelOptions = TRAINING_KERNELS,
-                    hooks: LayerHooks | None = None, intervention: Intervention | None = None):
+                    hooks: LayerHooks | None = None, intervention: Intervention | None = None,
+                    fresh: bool = False):
         """All layers; with ``query_indices`` (no cache) the last one runs at those positions only.
+        ``fresh``: the cache's rows start afresh (the layers get ``lengths`` None, see ``attention``).
 
         Returns (x, (k, v) stacked over layers or None, capture buffers (``hooks.finish`` them))."""
-        lengths = None if cache is None else cache.lengths
+        lengths = None if cache is None or fresh else cache.lengths
         last = self.config.num_layers - 1
         buffers = {} if hooks is None else hooks.init_buffers(x.shape[0], x.shape[-1], x.dtype,
                                                               stacked=self.config.scan_layers)

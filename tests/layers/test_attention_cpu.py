@@ -51,3 +51,26 @@ def test_dispatch_uses_it_only_for_float32_on_cpu():
     bf = A.dot_product_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask=None, is_causal=True,
                                  sliding_window=None, implementation=None)
     assert bf.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("T,block", [(128, 64), (200, 64), (37, 8)])
+@pytest.mark.parametrize("H,KV", [(4, 4), (6, 2)])
+@pytest.mark.parametrize("window", [None, 5, 70])
+def test_causal_blocked_matches_jax_nn(T, block, H, KV, window):
+    """The block-skipping causal path, T a multiple of the block or not, windows shorter and longer
+    than a block: jax.nn's XLA path on the full T x T logits. float32, <= 200 keys: reassociation only."""
+    q, k, v = _qkv(2, T, T, H, KV, 16, seed=T)
+    ours = A.causal_blocked_attention(q, k, v, block=block, sliding_window=window)
+    ref = _jax_nn(q, k, v, None, True, window)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=0, atol=2e-6)
+
+
+def test_causal_dispatch_uses_the_blocked_path_for_long_prompts():
+    T = 2 * A.CAUSAL_BLOCK
+    q, k, v = _qkv(1, T, T, 4, 2, 8, seed=3)
+    jaxpr = str(jax.make_jaxpr(lambda q, k, v: A.dot_product_attention(
+        q, k, v, mask=None, is_causal=True, sliding_window=None, implementation=None))(q, k, v))
+    # one logits matmul per query block, each over its own key prefix: [.., 64, 64] then [.., 64, 128]
+    assert f"{A.CAUSAL_BLOCK},{A.CAUSAL_BLOCK}]" in jaxpr.replace(" ", "") and f"{A.CAUSAL_BLOCK},{T}]" in jaxpr.replace(" ", "")
+    out = A.dot_product_attention(q, k, v, mask=None, is_causal=True, sliding_window=None, implementation=None)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(_jax_nn(q, k, v, None, True, None)), rtol=0, atol=2e-6)
